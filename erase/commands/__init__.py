@@ -1,0 +1,1 @@
+"""CLI commands, one module each: `register(subparsers)` adds the parser, `run(args)` does the work."""

@@ -1,0 +1,56 @@
+"""Helpers shared by CLI commands: validation that turns bad input into a UserError."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from erase.errors import UserError
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def existing_path(text: str) -> Path:
+    path = Path(text)
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"no such file or folder: {text}")
+    return path
+
+
+def add_mixed_precision(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--mixed-precision", choices=["no", "fp16", "bf16"], default="no", help="Accelerate mixed precision"
+    )
+
+
+def require(condition: bool, message: str) -> None:
+    if not condition:
+        raise UserError(message)

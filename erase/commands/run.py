@@ -1,0 +1,42 @@
+"""`erase run RECIPE.toml [--set key=value ...]`: run any recipe in pipelines/."""
+
+from __future__ import annotations
+
+import importlib
+
+from erase.errors import UserError
+
+# recipe `family` (+ `task`) -> workflow module with run(recipe) and summary_table(metrics)
+WORKFLOWS = {
+    ("ddpm", "class"): "erase.workflows.ddpm_class",
+}
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("run", help="run a recipe (pipelines/*.toml)")
+    parser.add_argument("recipe", help="path of a recipe TOML file")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a recipe value, e.g. --set sfron.lr=1e-3 (repeatable)")
+    parser.add_argument("--out", default=None, help="run folder (overrides output.dir)")
+    parser.set_defaults(func=run_command)
+
+
+def run_command(args) -> int:
+    from erase.recipes import apply_overrides, load_recipe
+
+    recipe = apply_overrides(load_recipe(args.recipe), args.overrides)
+    if args.out:
+        recipe.setdefault("output", {})["dir"] = args.out
+    return run_recipe(recipe)
+
+
+def run_recipe(recipe: dict) -> int:
+    key = (recipe.get("family"), recipe.get("task", "class"))
+    if key not in WORKFLOWS:
+        known = ", ".join(f"{f}/{t}" for f, t in WORKFLOWS)
+        raise UserError(f"recipe names family/task {key[0]}/{key[1]}, which has no workflow (known: {known})")
+    workflow = importlib.import_module(WORKFLOWS[key])
+    metrics = workflow.run(recipe)
+    print(workflow.summary_table(metrics))
+    print(f"steps {metrics['steps']}, {metrics['seconds']:.1f} s; run folder: {recipe.get('output', {}).get('dir')}")
+    return 0

@@ -1,0 +1,73 @@
+"""Fisher diagonals: the mean over mini-batches of the squared batch gradient, per weight element."""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import torch
+from safetensors.torch import load_file
+from tqdm.auto import tqdm
+
+from erase.core.io import atomic_save_tensors
+
+
+def trainable_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    """Named parameters that require gradients: the ones unlearning may change."""
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+def fisher_diagonal(
+    model: torch.nn.Module,
+    loss_fn: Callable,
+    batches: Iterable,
+    accelerator=None,
+    num_batches: int | None = None,
+    desc: str = "fisher",
+    show_progress: bool = True,
+) -> dict[str, torch.Tensor]:
+    """F = mean over batches of (dL_batch/dθ)², accumulated in fp32 on the weights' device.
+
+    `loss_fn(model, batch)` returns per-sample losses; L_batch is their mean. Under several
+    processes (accelerate launch) each process passes its own batches and the sums and batch
+    counts are all-reduced, so the result equals one process seeing all batches.
+    """
+    params = trainable_parameters(_unwrap(model, accelerator))
+    sums = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in params.items()}
+    count = 0
+    was_training = model.training
+    model.eval()  # dropout off: the Fisher describes the model as it is
+    for i, batch in enumerate(tqdm(batches, desc=desc, total=num_batches, disable=not show_progress, leave=False)):
+        if num_batches is not None and i >= num_batches:
+            break
+        model.zero_grad(set_to_none=True)
+        loss = loss_fn(model, batch).mean()
+        if accelerator is not None:
+            accelerator.backward(loss)
+        else:
+            loss.backward()
+        for name, p in params.items():
+            if p.grad is not None:
+                sums[name] += p.grad.detach().float() ** 2
+        count += 1
+    model.zero_grad(set_to_none=True)
+    model.train(was_training)
+    count_tensor = torch.tensor(float(count), device=next(iter(sums.values())).device)
+    if accelerator is not None and accelerator.num_processes > 1:
+        for name in sums:
+            sums[name] = accelerator.reduce(sums[name], reduction="sum")
+        count_tensor = accelerator.reduce(count_tensor, reduction="sum")
+    if count_tensor.item() == 0:
+        raise ValueError("fisher_diagonal got no batches")
+    return {name: s / count_tensor for name, s in sums.items()}
+
+
+def save_fisher(fisher: dict[str, torch.Tensor], path) -> None:
+    atomic_save_tensors({k: v.float().contiguous().cpu() for k, v in fisher.items()}, path)
+
+
+def load_fisher(path) -> dict[str, torch.Tensor]:
+    return load_file(str(path))
+
+
+def _unwrap(model, accelerator):
+    return accelerator.unwrap_model(model) if accelerator is not None else model

@@ -1,0 +1,1 @@
+"""Evaluation: classifier accuracy on generated images, FID/KID (torch-fidelity), NudeNet, reports."""

@@ -1,0 +1,181 @@
+"""Class-conditional DDPM family: UNet2DModel presets, ε-MSE loss, class forget/remain data, sampling.
+
+The null class (id = num_classes) is what classifier-free guidance conditions on for ε_∅.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
+from torch.utils.data import DataLoader, TensorDataset
+from tqdm.auto import tqdm
+
+from erase.errors import UserError
+from erase.families.ddpm_pipeline import ClassConditionalDDPMPipeline
+
+# Architecture presets. "cifar10" is the paper's CIFAR-10 model (DDPM, Ho et al.).
+PRESETS = {
+    "digits": dict(
+        sample_size=8, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(32, 64),
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        norm_num_groups=8, attention_head_dim=32,
+    ),
+    "tiny": dict(
+        sample_size=8, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(8, 16),
+        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4,
+    ),
+    "cifar10": dict(
+        sample_size=32, in_channels=3, out_channels=3, layers_per_block=2, block_out_channels=(128, 256, 256, 256),
+        down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"), dropout=0.1, attention_head_dim=256,
+    ),
+}
+
+
+def build_unet(preset: str = "digits", num_classes: int = 10, **overrides) -> UNet2DModel:
+    """A class-conditional UNet2DModel from a preset, with one extra embedding for the null class."""
+    if preset not in PRESETS:
+        raise UserError(f"unknown UNet preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    config = {**PRESETS[preset], **overrides}
+    return UNet2DModel(num_class_embeds=num_classes + 1, **config)
+
+
+def build_scheduler() -> DDPMScheduler:
+    """Linear β from 1e-4 to 0.02 over 1000 steps, as in DDPM."""
+    return DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02)
+
+
+def load_pipeline(path, device: str | torch.device = "cpu") -> ClassConditionalDDPMPipeline:
+    """Load a class-conditional DDPM folder (local or hub id) with a clear error when it is not one."""
+    path_str = str(path)
+    local = Path(path_str)
+    if local.exists() and not (local / "model_index.json").exists():
+        raise UserError(f"{path_str} is not a diffusers pipeline folder (no model_index.json)")
+    try:
+        pipeline = ClassConditionalDDPMPipeline.from_pretrained(path_str)
+    except (OSError, ValueError) as error:
+        raise UserError(f"cannot load a class-conditional DDPM from {path_str}: {str(error).splitlines()[0]}") from None
+    if not pipeline.unet.config.num_class_embeds:
+        raise UserError(f"{path_str} has an unconditional UNet; class forgetting needs num_class_embeds")
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline.to(device)
+
+
+def epsilon_loss(scheduler: DDPMScheduler, class_dropout: float = 0.0, null_class: int | None = None):
+    """Per-sample ε-prediction MSE at a random timestep: the family's loss for the core.
+
+    batch = (images in [-1, 1], class labels). With class_dropout > 0 (pretraining), that share of
+    labels is replaced by the null class so the model learns ε_∅ for guidance.
+    """
+    num_timesteps = scheduler.config.num_train_timesteps
+
+    def loss_fn(model, batch):
+        images, labels = batch
+        noise = torch.randn_like(images)
+        timesteps = torch.randint(0, num_timesteps, (images.shape[0],), device=images.device)
+        noisy = scheduler.add_noise(images, noise, timesteps)
+        if class_dropout > 0:
+            drop = torch.rand(labels.shape, device=labels.device) < class_dropout
+            labels = torch.where(drop, torch.full_like(labels, null_class), labels)
+        prediction = model(noisy, timesteps, class_labels=labels).sample
+        return F.mse_loss(prediction.float(), noise.float(), reduction="none").mean(dim=(1, 2, 3))
+
+    return loss_fn
+
+
+def class_split(images: torch.Tensor, labels: torch.Tensor, forget_class: int):
+    """(forget images/labels, remain images/labels) for forgetting one class."""
+    forget = labels == forget_class
+    if not forget.any():
+        raise UserError(f"class {forget_class} has no images in the data")
+    return (images[forget], labels[forget]), (images[~forget], labels[~forget])
+
+
+def batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int, seed: int) -> DataLoader:
+    """A shuffling DataLoader with its own seeded generator, so runs repeat exactly."""
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        TensorDataset(images, labels), batch_size=min(batch_size, len(labels)), shuffle=True,
+        drop_last=True, generator=generator,
+    )
+
+
+@torch.no_grad()
+def sample(
+    pipeline: ClassConditionalDDPMPipeline,
+    class_labels,
+    guidance_scale: float = 2.0,
+    num_inference_steps: int = 20,
+    seed: int = 0,
+    batch_size: int = 500,
+    show_progress: bool = False,
+) -> torch.Tensor:
+    """Generate images for the given labels with DDIM; returns [-1, 1] float N×C×H×W on the CPU."""
+    labels = torch.as_tensor(class_labels, dtype=torch.long)
+    pipeline.unet.eval()
+    sampler = ClassConditionalDDPMPipeline(unet=pipeline.unet, scheduler=DDIMScheduler.from_config(pipeline.scheduler.config))
+    sampler.set_progress_bar_config(disable=True)
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    out = []
+    for i in tqdm(range(0, len(labels), batch_size), desc="sampling", disable=not show_progress, leave=False):
+        images = sampler(
+            labels[i : i + batch_size], guidance_scale=guidance_scale, num_inference_steps=num_inference_steps,
+            generator=generator, output_type="pt",
+        ).images
+        out.append(images.cpu() * 2 - 1)
+    return torch.cat(out)
+
+
+def pretrain(
+    unet: UNet2DModel,
+    scheduler: DDPMScheduler,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    steps: int,
+    lr: float = 2e-3,
+    batch_size: int = 128,
+    class_dropout: float = 0.1,
+    ema_decay: float = 0.999,
+    seed: int = 0,
+    mixed_precision: str = "no",
+    accelerator: Accelerator | None = None,
+    show_progress: bool = True,
+) -> UNet2DModel:
+    """Train a class-conditional DDPM with Accelerate; returns the EMA weights (what gets shipped)."""
+    torch.manual_seed(seed)
+    accelerator = accelerator or Accelerator(mixed_precision=mixed_precision)
+    loss_fn = epsilon_loss(scheduler, class_dropout, null_class=unet.config.num_class_embeds - 1)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
+    lr_schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.05)
+    loader = batches(images, labels, batch_size, seed)
+    model, optimizer, loader, lr_schedule = accelerator.prepare(unet, optimizer, loader, lr_schedule)
+    ema = copy.deepcopy(accelerator.unwrap_model(model)).eval().requires_grad_(False)
+    ema_params = list(ema.parameters())
+    model_params = list(accelerator.unwrap_model(model).parameters())
+    step = 0
+    bar = tqdm(total=steps, desc="pretraining DDPM", disable=not show_progress)
+    model.train()
+    while step < steps:
+        for batch in loader:
+            with accelerator.autocast():
+                loss = loss_fn(model, batch).mean()
+            optimizer.zero_grad(set_to_none=True)
+            accelerator.backward(loss)
+            accelerator.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            lr_schedule.step()
+            with torch.no_grad():
+                decay = min(ema_decay, (1 + step) / (10 + step))
+                torch._foreach_lerp_(ema_params, [p.detach() for p in model_params], 1 - decay)
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+            if step >= steps:
+                break
+    bar.close()
+    return ema

@@ -1,0 +1,229 @@
+"""Forget one class of a class-conditional DDPM, evaluate before and after, export the erased model.
+
+Recipe sections used: [model] path; [forget] class; [data] dataset ("digits" or "generated"),
+batch_size, generated_per_class; [method] name; [sfron] (SFRonConfig fields); [fisher] batches;
+[eval] classifier, forget_samples, samples_per_class, guidance, inference_steps; [output] dir.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from erase.core.baselines import method_spec
+from erase.core.fisher import fisher_diagonal, load_fisher, save_fisher
+from erase.core.io import atomic_directory, atomic_write_json, atomic_write_text
+from erase.core.losses import ascent_objective, descent_objective
+from erase.core.saliency import gradient_saliency_mask, mask_stats, saliency_mask, save_mask
+from erase.core.sfron import SFRonConfig, unlearn
+from erase.data.digits import load_digits_tensors, to_uint8
+from erase.errors import UserError
+from erase.eval.accuracy import forgetting_accuracy, per_class_accuracy, remaining_accuracy
+from erase.eval.fid import DIGITS_EXTRACTOR, fid_kid
+from erase.eval.report import format_table, save_grid, save_loss_plot
+from erase.families import ddpm
+from erase.families.classifier import load_classifier, predict
+from erase.recipes import resolve_path, to_toml
+
+
+def run(recipe: dict, show_progress: bool = True) -> dict:
+    """Run a class-forgetting recipe end to end; returns the metrics written to metrics.json."""
+    started = time.perf_counter()
+    out_dir = resolve_output(recipe)
+    forget_class = int(recipe["forget"]["class"])
+    spec = method_spec(recipe.get("method", {}).get("name", "sfron"))
+    config = sfron_config(recipe)
+    torch.manual_seed(config.seed)
+
+    pipeline = ddpm.load_pipeline(resolve_path(recipe["model"]["path"]))
+    num_classes = pipeline.num_classes
+    if not 0 <= forget_class < num_classes:
+        raise UserError(f"--forget-class must be in [0, {num_classes - 1}], got {forget_class}")
+    unet, scheduler = pipeline.unet, pipeline.scheduler
+    evaluator = Evaluator(recipe, num_classes, forget_class)
+
+    before = evaluator.evaluate(pipeline, "before")
+    erase_started = time.perf_counter()
+    images, labels = training_data(recipe, pipeline)
+    (f_images, f_labels), (r_images, r_labels) = ddpm.class_split(images, labels, forget_class)
+    batch_size = int(recipe.get("data", {}).get("batch_size", 64))
+    forget_batches = ddpm.batches(f_images, f_labels, batch_size, config.seed)
+    remain_batches = ddpm.batches(r_images, r_labels, batch_size, config.seed + 1)
+    loss_fn = ddpm.epsilon_loss(scheduler)
+
+    unet.requires_grad_(True)
+    mask = build_mask(spec.mask, recipe, unet, loss_fn, forget_batches, remain_batches, config, out_dir)
+    stats = mask_stats(mask) if mask is not None else None
+    objective = forget_objective(spec, loss_fn, config, forget_class, num_classes)
+    history = unlearn(
+        unet, objective, loss_fn, forget_batches, remain_batches, config, mask=mask, show_progress=show_progress
+    )
+    unet.requires_grad_(False)
+    erase_seconds = time.perf_counter() - erase_started
+
+    after = evaluator.evaluate(pipeline, "after")
+    with atomic_directory(out_dir / "model") as model_dir:
+        pipeline.save_pretrained(model_dir)
+    save_grid(before.pop("grid"), out_dir / "grid_before.png", nrow=num_classes)
+    save_grid(after.pop("grid"), out_dir / "grid_after.png", nrow=num_classes)
+    save_loss_plot(history, out_dir / "loss.png", title=f"{spec.name}: forgetting class {forget_class}")
+    metrics = {
+        "family": "ddpm",
+        "method": spec.name,
+        "forgotten_class": forget_class,
+        "steps": config.steps,
+        "seconds": round(time.perf_counter() - started, 2),
+        "seconds_erase": round(erase_seconds, 2),
+        "mask_fraction": stats["fraction"] if stats else 1.0,
+        "before": before,
+        "after": after,
+        "history": history,
+    }
+    atomic_write_json(metrics, out_dir / "metrics.json")
+    if stats:
+        atomic_write_json(stats, out_dir / "mask_stats.json")
+    atomic_write_text(to_toml(recipe), out_dir / "config.toml")
+    return metrics
+
+
+def resolve_output(recipe: dict) -> Path:
+    out_dir = Path(recipe.get("output", {}).get("dir", "runs/ddpm-class"))
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"output {out_dir} exists and is not a folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return out_dir
+
+
+def sfron_config(recipe: dict) -> SFRonConfig:
+    try:
+        config = SFRonConfig.from_dict(dict(recipe.get("sfron", {})))
+        config.validate()
+    except (TypeError, ValueError) as error:
+        raise UserError(str(error)) from None
+    return config
+
+
+def training_data(recipe: dict, pipeline) -> tuple[torch.Tensor, torch.Tensor]:
+    """Real images with labels, or images the model generates itself (no data needed)."""
+    data = recipe.get("data", {})
+    dataset = data.get("dataset", "digits")
+    if dataset == "digits":
+        return load_digits_tensors("train")
+    if dataset == "generated":
+        per_class = int(data.get("generated_per_class", 64))
+        labels = torch.arange(pipeline.num_classes).repeat_interleave(per_class)
+        images = ddpm.sample(
+            pipeline, labels, guidance_scale=float(data.get("guidance", 2.0)),
+            num_inference_steps=int(data.get("inference_steps", 20)), seed=int(data.get("seed", 1234)),
+        )
+        return images, labels
+    raise UserError(f"unknown dataset {dataset!r} for the DDPM class recipe; use digits or generated")
+
+
+def build_mask(kind, recipe, unet, loss_fn, forget_batches, remain_batches, config, out_dir):
+    """The method's mask: Fisher-balanced saliency (cached Fisher), SalUn gradient top-k, or none."""
+    if kind is None:
+        return None
+    fisher_cfg = recipe.get("fisher", {})
+    num_batches = int(fisher_cfg.get("batches", 8))
+    if kind == "gradient":
+        gradients = {n: torch.zeros_like(p) for n, p in unet.named_parameters()}
+        for i, batch in enumerate(forget_batches):
+            if i >= num_batches:
+                break
+            unet.zero_grad(set_to_none=True)
+            loss_fn(unet, batch).mean().backward()
+            for n, p in unet.named_parameters():
+                gradients[n] += p.grad.detach()
+        unet.zero_grad(set_to_none=True)
+        return gradient_saliency_mask(gradients, float(fisher_cfg.get("salun_fraction", 0.5)))
+    forget_path, remain_path = out_dir / "fisher_forget.safetensors", out_dir / "fisher_remain.safetensors"
+    if fisher_cfg.get("reuse", False) and forget_path.exists() and remain_path.exists():
+        fisher_forget, fisher_remain = load_fisher(forget_path), load_fisher(remain_path)
+    else:
+        torch.manual_seed(config.seed)
+        fisher_forget = fisher_diagonal(unet, loss_fn, forget_batches, num_batches=num_batches, desc="fisher (forget)")
+        fisher_remain = fisher_diagonal(unet, loss_fn, remain_batches, num_batches=num_batches, desc="fisher (remain)")
+        save_fisher(fisher_forget, forget_path)
+        save_fisher(fisher_remain, remain_path)
+    mask = saliency_mask(fisher_forget, fisher_remain, config.gamma)
+    save_mask(mask, out_dir / "mask.safetensors", metadata={"gamma": str(config.gamma)})
+    return mask
+
+
+def forget_objective(spec, loss_fn, config, forget_class: int, num_classes: int):
+    """Ascent (SFR-on's adaptive loss, or plain GA) or descent on relabelled forget data (RL, SalUn)."""
+    if spec.forget is None:
+        return None
+    if spec.forget == "ascent":
+        return ascent_objective(loss_fn, config.temperature if spec.adaptive else 0.0)
+
+    def relabel(batch):
+        images, labels = batch
+        shift = torch.randint(1, num_classes, labels.shape, device=labels.device)
+        return images, (labels + shift) % num_classes  # any class but the forgotten one
+
+    return descent_objective(loss_fn, relabel)
+
+
+class Evaluator:
+    """Generates images of every class with fixed seeds and scores them with the digit classifier."""
+
+    def __init__(self, recipe: dict, num_classes: int, forget_class: int):
+        cfg = recipe.get("eval", {})
+        self.num_classes, self.forget_class = num_classes, forget_class
+        self.classifier_path = resolve_path(cfg.get("classifier", "assets/digits-classifier.safetensors"))
+        if not self.classifier_path.is_file():
+            raise UserError(f"no such classifier weights: {self.classifier_path}")
+        self.classifier = load_classifier(self.classifier_path)
+        self.forget_samples = int(cfg.get("forget_samples", 100))
+        self.per_class = int(cfg.get("samples_per_class", 40))
+        self.guidance = float(cfg.get("guidance", 2.0))
+        self.steps = int(cfg.get("inference_steps", 20))
+        self.seed = int(cfg.get("seed", 0))
+        self.fid = bool(cfg.get("fid", True))
+        real, real_labels = load_digits_tensors("all")
+        self.reference = to_uint8(real[real_labels != forget_class])
+        counts = [self.forget_samples if k == forget_class else self.per_class for k in range(num_classes)]
+        self.labels = torch.cat([torch.full((n,), k) for k, n in enumerate(counts)])
+
+    def evaluate(self, pipeline, name: str) -> dict:
+        images = ddpm.sample(pipeline, self.labels, self.guidance, self.steps, seed=self.seed)
+        images_u8 = to_uint8(images)
+        predictions = predict(self.classifier, images_u8.float() / 127.5 - 1)
+        per_class = per_class_accuracy(predictions, self.labels, self.num_classes)
+        result = {
+            "fa": forgetting_accuracy(predictions, self.labels, self.forget_class),
+            "remaining_accuracy": remaining_accuracy(per_class, self.forget_class),
+            "per_class_accuracy": {str(k): v for k, v in per_class.items()},
+        }
+        if self.fid:
+            remaining = self.labels != self.forget_class
+            scores = fid_kid(images_u8[remaining], self.reference, DIGITS_EXTRACTOR, self.classifier_path, kid=True)
+            result.update(fid=scores["fid"], kid=scores["kid"])
+        else:
+            result["fid"] = None
+        result["grid"] = grid_images(images, self.labels, self.num_classes)
+        return result
+
+
+def grid_images(images: torch.Tensor, labels: torch.Tensor, num_classes: int, rows: int = 8) -> torch.Tensor:
+    """rows × num_classes images: column k holds class k."""
+    picked = []
+    for r in range(rows):
+        for k in range(num_classes):
+            idx = (labels == k).nonzero().flatten()
+            picked.append(images[idx[r % len(idx)]])
+    return torch.stack(picked)
+
+
+def summary_table(metrics: dict) -> str:
+    b, a = metrics["before"], metrics["after"]
+    rows = [
+        (f"FA (class {metrics['forgotten_class']})", b["fa"], a["fa"]),
+        ("remaining accuracy", b["remaining_accuracy"], a["remaining_accuracy"]),
+        ("FID (remaining, digit-CNN features)", b["fid"] if b["fid"] is not None else "-", a["fid"] if a["fid"] is not None else "-"),
+    ]
+    return format_table(rows, ("metric", "before", "after"))
