@@ -1,0 +1,70 @@
+"""Class-conditional DDPM pipeline and family: save/load round trip, sampling, loss, data split."""
+
+import json
+
+import pytest
+import torch
+from diffusers import DiffusionPipeline
+
+from erase.errors import UserError
+from erase.families import ddpm
+from erase.families.ddpm_pipeline import ClassConditionalDDPMPipeline
+
+
+@pytest.fixture
+def tiny_pipeline():
+    unet = ddpm.build_unet("tiny", num_classes=3)
+    return ClassConditionalDDPMPipeline(unet=unet, scheduler=ddpm.build_scheduler())
+
+
+def test_save_load_round_trip(tiny_pipeline, tmp_path):
+    tiny_pipeline.save_pretrained(tmp_path / "m")
+    index = json.loads((tmp_path / "m" / "model_index.json").read_text())
+    assert index["_class_name"] == ["pipeline_class_ddpm", "ClassConditionalDDPMPipeline"]
+    assert (tmp_path / "m" / "unet" / "diffusion_pytorch_model.safetensors").exists()
+    loaded = ClassConditionalDDPMPipeline.from_pretrained(tmp_path / "m")
+    for (n, a), (_, b) in zip(tiny_pipeline.unet.state_dict().items(), loaded.unet.state_dict().items()):
+        assert torch.equal(a, b), n
+    assert loaded.num_classes == 3
+
+
+def test_plain_diffusers_loads_the_folder_and_generates(tiny_pipeline, tmp_path):
+    tiny_pipeline.save_pretrained(tmp_path / "m")
+    plain = DiffusionPipeline.from_pretrained(str(tmp_path / "m"), trust_remote_code=True)
+    assert type(plain).__name__ == "ClassConditionalDDPMPipeline"
+    plain.set_progress_bar_config(disable=True)
+    images = plain(class_labels=[0, 2], num_inference_steps=3, generator=torch.Generator().manual_seed(0)).images
+    assert len(images) == 2 and images[0].size == (8, 8)
+
+
+def test_sampling_is_deterministic_and_guidance_changes_it(tiny_pipeline):
+    a = ddpm.sample(tiny_pipeline, [0, 1, 2], num_inference_steps=3, seed=5)
+    b = ddpm.sample(tiny_pipeline, [0, 1, 2], num_inference_steps=3, seed=5)
+    c = ddpm.sample(tiny_pipeline, [0, 1, 2], guidance_scale=1.0, num_inference_steps=3, seed=5)
+    assert a.shape == (3, 1, 8, 8) and torch.equal(a, b) and not torch.equal(a, c)
+    assert a.min() >= -1 and a.max() <= 1
+
+
+def test_out_of_range_labels_are_refused(tiny_pipeline):
+    with pytest.raises(ValueError, match="class labels"):
+        tiny_pipeline(class_labels=[3], num_inference_steps=2)
+
+
+def test_epsilon_loss_is_per_sample(tiny_pipeline):
+    loss_fn = ddpm.epsilon_loss(tiny_pipeline.scheduler)
+    images, labels = torch.randn(5, 1, 8, 8), torch.tensor([0, 1, 2, 0, 1])
+    losses = loss_fn(tiny_pipeline.unet, (images, labels))
+    assert losses.shape == (5,) and torch.all(losses > 0)
+
+
+def test_class_split_and_missing_class():
+    images, labels = torch.randn(6, 1, 8, 8), torch.tensor([0, 1, 1, 2, 0, 1])
+    (fi, fl), (ri, rl) = ddpm.class_split(images, labels, 1)
+    assert fl.tolist() == [1, 1, 1] and sorted(rl.tolist()) == [0, 0, 2] and len(fi) + len(ri) == 6
+    with pytest.raises(UserError):
+        ddpm.class_split(images, labels, 7)
+
+
+def test_load_pipeline_rejects_a_folder_that_is_not_a_pipeline(tmp_path):
+    with pytest.raises(UserError, match="not a diffusers pipeline"):
+        ddpm.load_pipeline(tmp_path)
