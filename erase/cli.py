@@ -15,6 +15,13 @@ COMMAND_MODULES = [
     "erase.commands.pretrain",
     "erase.commands.run",
     "erase.commands.evaluate",
+    "erase.commands.classifier",
+    "erase.commands.ddpm",
+    "erase.commands.dit",
+    "erase.commands.generate",
+    "erase.commands.sd",
+    "erase.commands.patch",
+    "erase.commands.fisher",
 ]
 
 

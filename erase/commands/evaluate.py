@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import importlib
 
-EVALUATORS: list[str] = []
+EVALUATORS: list[str] = [
+    "erase.commands.evaluate_nudity",
+    "erase.commands.evaluate_classifier",
+    "erase.commands.evaluate_fid",
+]
 
 
 def register(subparsers) -> None:

@@ -1,4 +1,4 @@
-"""`erase pretrain digits`: train the bundled digits DDPM and classifier."""
+"""`erase pretrain digits|ddpm|classifier`: the bundled digits models, a class-conditional DDPM, an FA classifier."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ def register(subparsers) -> None:
     digits.add_argument("--steps", type=positive_int, default=None, help="DDPM training steps (default 1500)")
     digits.add_argument("--seed", type=int, default=0)
     digits.set_defaults(func=run_digits)
+    register_ddpm(kinds)
+    register_classifier(kinds)
 
 
 def run_digits(args) -> int:
@@ -22,4 +24,79 @@ def run_digits(args) -> int:
     info = pretrain_digits(args.out, ddpm_steps=args.steps or DDPM_STEPS, seed=args.seed)
     print(f"classifier test accuracy {info['classifier_test_accuracy']:.3f}; "
           f"DDPM {info['ddpm_parameters']:,} parameters, {info['ddpm_steps']} steps; {info['seconds']} s -> {args.out}")
+    return 0
+
+
+def register_ddpm(kinds) -> None:
+    from erase.commands.common import add_mixed_precision, non_negative_int
+
+    parser = kinds.add_parser("ddpm", help="train a class-conditional DDPM (UNet2DModel) with Accelerate, resumable")
+    parser.add_argument("--data", required=True, help="image folder (one sub-folder per class) or 'cifar10' on disk")
+    parser.add_argument("--data-root", default=None, help="where torchvision-format cifar10 lives (default data/cifar10)")
+    parser.add_argument("--preset", default="cifar10", choices=["cifar10", "tiny", "digits"],
+                        help="UNet preset: cifar10 is the paper's 35.7M-parameter model (default)")
+    parser.add_argument("--steps", type=positive_int, default=None, help="total training steps (cifar10: 800000)")
+    parser.add_argument("--batch-size", type=positive_int, default=None, help="batch size per process (cifar10: 128)")
+    parser.add_argument("--lr", type=float, default=None, help="Adam learning rate (cifar10: 2e-4)")
+    parser.add_argument("--ema-decay", type=float, default=None, help="EMA decay (cifar10: 0.9999)")
+    parser.add_argument("--image-size", type=positive_int, default=None, help="resize/crop images (default: the preset's)")
+    parser.add_argument("--checkpoint-every", type=positive_int, default=None, help="steps between checkpoints")
+    parser.add_argument("--keep-checkpoints", type=positive_int, default=2, help="checkpoints kept (default 2)")
+    parser.add_argument("--no-hflip", dest="hflip", action="store_false", help="no random horizontal flips")
+    parser.add_argument("--workers", type=non_negative_int, default=0, help="DataLoader worker processes")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    add_mixed_precision(parser)
+    parser.add_argument("--out", required=True, help="run folder: model/, checkpoints/, pretrain.json")
+    parser.set_defaults(func=run_ddpm)
+
+
+def run_ddpm(args) -> int:
+    from erase.workflows.pretrain_ddpm import PretrainConfig, pretrain_ddpm
+
+    config = PretrainConfig(
+        data=args.data, data_root=args.data_root, preset=args.preset, steps=args.steps, batch_size=args.batch_size,
+        lr=args.lr, ema_decay=args.ema_decay, checkpoint_every=args.checkpoint_every,
+        keep_checkpoints=args.keep_checkpoints, image_size=args.image_size, hflip=args.hflip, seed=args.seed,
+        mixed_precision=args.mixed_precision, workers=args.workers,
+    )
+    info = pretrain_ddpm(args.out, config, resume=args.resume)
+    resumed = f" (resumed from step {info['resumed_from']})" if info["resumed_from"] is not None else ""
+    print(f"DDPM {info['parameters']:,} parameters, {info['num_classes']} classes, {info['steps']} steps{resumed}, "
+          f"loss {info['final_loss']:.4f}; {info['seconds_this_run']} s -> {args.out}/model")
+    return 0
+
+
+def register_classifier(kinds) -> None:
+    from erase.commands.common import add_mixed_precision, non_negative_int
+
+    parser = kinds.add_parser("classifier", help="fine-tune a torchvision ResNet-34 that judges generated images (FA)")
+    parser.add_argument("--data", required=True, help="image folder (one sub-folder per class) or 'cifar10' on disk")
+    parser.add_argument("--data-root", default=None, help="where torchvision-format cifar10 lives (default data/cifar10)")
+    parser.add_argument("--arch", default="resnet34", help="torchvision architecture (default resnet34, the protocol's)")
+    parser.add_argument("--init-weights", default=None,
+                        help="local ImageNet weights to fine-tune from (safetensors or a state dict); default: from scratch")
+    parser.add_argument("--image-size", type=positive_int, default=224, help="input size (default 224, the protocol's)")
+    parser.add_argument("--epochs", type=positive_int, default=5)
+    parser.add_argument("--batch-size", type=positive_int, default=128)
+    parser.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (momentum 0.9, cosine)")
+    parser.add_argument("--workers", type=non_negative_int, default=0, help="DataLoader worker processes")
+    parser.add_argument("--seed", type=int, default=0)
+    add_mixed_precision(parser)
+    parser.add_argument("--out", required=True, help="classifier file to write (.safetensors)")
+    parser.set_defaults(func=run_classifier)
+
+
+def run_classifier(args) -> int:
+    from erase.eval.classify_images import finetune_classifier
+
+    info = finetune_classifier(
+        args.data, args.out, arch=args.arch, init_weights=args.init_weights, image_size=args.image_size,
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, data_root=args.data_root, workers=args.workers,
+        seed=args.seed, mixed_precision=args.mixed_precision,
+    )
+    accuracy = info["test_accuracy"]
+    accuracy_text = f"test accuracy {accuracy:.3f}" if accuracy is not None else "no test split to measure accuracy"
+    print(f"{info['arch']} on {info['num_classes']} classes, {info['epochs']} epochs, {accuracy_text}; "
+          f"{info['seconds']} s -> {args.out}")
     return 0

@@ -9,6 +9,10 @@ from erase.errors import UserError
 # recipe `family` (+ `task`) -> workflow module with run(recipe) and summary_table(metrics)
 WORKFLOWS = {
     ("ddpm", "class"): "erase.workflows.ddpm_class",
+    ("dit", "class"): "erase.workflows.dit_class",
+    ("classifier", "random"): "erase.workflows.classifier",
+    ("classifier", "class"): "erase.workflows.classifier",
+    ("sd", "concept"): "erase.workflows.sd",
 }
 
 

@@ -117,3 +117,143 @@ def fid_kid(
         out["kid"] = float(metrics["kernel_inception_distance_mean"])
         out["kid_std"] = float(metrics["kernel_inception_distance_std"])
     return out
+
+
+# --- Full-size settings: Inception from a local file, a user classifier's features, image folders ----
+
+INCEPTION_EXTRACTOR = "erase-inception-v3"
+INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's own file name
+
+
+def _local_inception_class():
+    """torch-fidelity's InceptionV3, with weights read from a local file without unpickling.
+
+    torch-fidelity itself reads a weights path with torch.load(weights_only=False) and otherwise
+    downloads; here the file is read with safetensors or torch.load(weights_only=True) and handed to
+    its constructor in place of the download, so nothing is fetched and nothing is unpickled.
+    """
+    from torch_fidelity import feature_extractor_inceptionv3 as inception_module
+
+    class LocalInceptionV3(inception_module.FeatureExtractorInceptionV3):
+        def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
+            from erase.eval.classify_images import read_state_dict
+
+            if feature_extractor_weights_path is None:
+                raise ValueError(f"{name} needs feature_extractor_weights_path (local Inception weights)")
+            state = read_state_dict(feature_extractor_weights_path)
+            original = inception_module.load_state_dict_from_url
+            inception_module.load_state_dict_from_url = lambda *args, **kw: state
+            try:
+                super().__init__(name, features_list, feature_extractor_weights_path=None, **kwargs)
+            finally:
+                inception_module.load_state_dict_from_url = original
+
+    return LocalInceptionV3
+
+
+def find_inception_weights(path=None) -> Path:
+    """The given file, or torch-fidelity's file in the torch hub cache; a clear one-line error otherwise."""
+    if path:
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise UserError(f"no such Inception weights file: {path}")
+        return path
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
+    if cached.is_file():
+        return cached
+    raise UserError(
+        f"FID with Inception needs its weights on disk and nothing is downloaded: pass --inception-weights "
+        f"PATH (torch-fidelity's {INCEPTION_FILE}), or use a classifier's features (--features-classifier)"
+    )
+
+
+def classifier_extractor(classifier) -> str:
+    """Register a loaded ImageClassifier as a torch-fidelity extractor (penultimate features, logits)."""
+
+    class ClassifierFeatureExtractor(FeatureExtractorBase):
+        FEATURES = ("penultimate", "logits")
+
+        def __init__(self, name, features_list, **kwargs):
+            super().__init__(name, features_list)
+            self.classifier = classifier
+
+        @staticmethod
+        def get_provided_features_list():
+            return ClassifierFeatureExtractor.FEATURES
+
+        @staticmethod
+        def get_default_feature_layer_for_metric(metric):
+            return {"isc": "logits", "fid": "penultimate", "kid": "penultimate", "prc": "penultimate"}[metric]
+
+        @staticmethod
+        def can_be_compiled():
+            return False
+
+        @staticmethod
+        def get_dummy_input_for_compile():
+            return torch.zeros(1, 3, 32, 32, dtype=torch.uint8)
+
+        def forward(self, x):
+            penultimate = self.classifier.features(x)
+            computed = {"penultimate": penultimate, "logits": last_layer(self.classifier)(penultimate)}
+            return tuple(computed[name] for name in self.features_list)  # in the order torch-fidelity asked
+
+    name = f"erase-classifier-{id(classifier):x}"
+    if name not in FEATURE_EXTRACTORS_REGISTRY:
+        torch_fidelity.register_feature_extractor(name, ClassifierFeatureExtractor)
+    return name
+
+
+def last_layer(classifier):
+    from erase.eval.classify_images import last_linear
+
+    return last_linear(classifier.model)
+
+
+def fid_features(inception_weights=None, classifier=None) -> tuple[str, str | None, str]:
+    """(extractor name, weights path, description): Inception when weights are given (or cached),
+    else the classifier's penultimate features when one is given, else the one-line Inception error."""
+    if inception_weights or classifier is None:
+        weights = find_inception_weights(inception_weights)
+        if INCEPTION_EXTRACTOR not in FEATURE_EXTRACTORS_REGISTRY:
+            torch_fidelity.register_feature_extractor(INCEPTION_EXTRACTOR, _local_inception_class())
+        return INCEPTION_EXTRACTOR, str(weights), "Inception-v3 pool3 (2048)"
+    return classifier_extractor(classifier), None, f"{classifier.arch} penultimate features"
+
+
+def folder_fid_kid(
+    generated_dir, reference_dir, feature_extractor: str, weights_path=None, kid: bool = True,
+    image_size: int | None = None, cuda: bool | None = None, batch_size: int = 64,
+) -> dict[str, float]:
+    """FID (and KID) between two image folders, read lazily by torch-fidelity (fits 50k-image sets)."""
+    import io
+    import os
+    from contextlib import redirect_stdout
+
+    from erase.eval.classify_images import image_files
+
+    counts = [len(image_files(folder)) for folder in (generated_dir, reference_dir)]
+    if min(counts) < 2:
+        raise UserError(f"FID needs at least 2 images in each folder, got {counts[0]} and {counts[1]}")
+    kwargs = dict(
+        input1=str(generated_dir), input2=str(reference_dir), fid=True, kid=kid,
+        cuda=torch.cuda.is_available() if cuda is None else cuda, feature_extractor=feature_extractor,
+        cache=False, verbose=False, samples_find_deep=True, samples_find_ext="png,jpg,jpeg",
+        batch_size=batch_size, save_cpu_ram=(os.cpu_count() or 1) < 4,  # no loader workers on small machines
+    )
+    if weights_path is not None:
+        kwargs["feature_extractor_weights_path"] = str(weights_path)
+    if image_size:
+        kwargs["samples_resize_and_crop"] = image_size
+    if kid:
+        kwargs["kid_subset_size"] = min(counts[0], counts[1], 1000)
+    with redirect_stdout(io.StringIO()):
+        try:
+            metrics = torch_fidelity.calculate_metrics(**kwargs)
+        except RuntimeError as error:
+            raise UserError(f"FID failed: {str(error).splitlines()[0]}") from None
+    out = {"fid": float(metrics["frechet_inception_distance"]), "generated": counts[0], "reference": counts[1]}
+    if kid:
+        out["kid"] = float(metrics["kernel_inception_distance_mean"])
+        out["kid_std"] = float(metrics["kernel_inception_distance_std"])
+    return out

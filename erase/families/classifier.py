@@ -1,14 +1,28 @@
 """Classifier family: any torch.nn.Module classifier, with per-sample cross-entropy.
 
-Also holds the small CNN used on the digits: it is the bundled digit classifier that judges
-generated images (FA) and gives the features for FID on digits.
+Holds what unlearning a classifier needs from the family — the loss, forget/remain splits (a
+seeded random subset, or a whole class), the random-label transform of RL/SalUn, the objective
+and mask a method uses (built from erase/core, never re-implemented), batched probabilities for
+the metrics — plus the models: the small digits CNN (also the bundled judge of generated digits
+and the features for FID on digits) and torchvision's ResNet-18.
 """
 
 from __future__ import annotations
 
+import json
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from erase.core.baselines import MethodSpec
+from erase.core.fisher import fisher_diagonal, trainable_parameters
+from erase.core.losses import ascent_objective, descent_objective
+from erase.core.saliency import gradient_saliency_mask, saliency_mask
+from erase.core.sfron import SFRonConfig, unlearn
+
+ARCHITECTURES = ("digit-cnn", "resnet18")
 
 
 class DigitCNN(nn.Module):
@@ -32,9 +46,16 @@ class DigitCNN(nn.Module):
 
 
 def cross_entropy_loss(model: nn.Module, batch) -> torch.Tensor:
-    """Per-sample cross-entropy: the classifier family's loss for the core."""
+    """Per-sample cross-entropy: the classifier family's loss for the core.
+
+    Computed from float64 logits: in float32 a sample classified with a margin above ~17 gets a
+    loss of exactly 0, and SFR-on's adaptive weights 1/(ℓ^λ + 1e-15) would then put all the weight
+    on such samples, whose gradient is (nearly) zero — the forget step would do nothing.
+    """
     inputs, labels = batch
-    return F.cross_entropy(model(inputs), labels, reduction="none")
+    logits = model(inputs)
+    losses = F.cross_entropy(logits.double(), labels, reduction="none")
+    return losses.to(torch.promote_types(logits.dtype, torch.float32))
 
 
 @torch.no_grad()
@@ -78,25 +99,174 @@ def train_classifier(
     return model
 
 
-def save_classifier(model: DigitCNN, path) -> None:
-    """Weights as safetensors; the constructor arguments ride in the metadata."""
-    import json
+def build_resnet18(num_classes: int = 10, in_channels: int = 3, small_inputs: bool = True) -> nn.Module:
+    """torchvision's ResNet-18; for small (CIFAR-size) inputs the stem is a 3×3 stride-1 conv without
+    max-pooling, as in the unlearning literature's CIFAR ResNet-18."""
+    from torchvision.models import resnet18
 
+    model = resnet18(weights=None, num_classes=num_classes)
+    if small_inputs or in_channels != 3:
+        kernel, stride, padding = (3, 1, 1) if small_inputs else (7, 2, 3)
+        model.conv1 = nn.Conv2d(in_channels, 64, kernel, stride=stride, padding=padding, bias=False)
+    if small_inputs:
+        model.maxpool = nn.Identity()
+    model.config = {"arch": "resnet18", "num_classes": num_classes, "in_channels": in_channels, "small_inputs": small_inputs}
+    return model
+
+
+def build_classifier(arch: str, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
+    """A fresh classifier by name: 'digit-cnn' (1×8×8 digits) or 'resnet18'."""
+    if arch == "digit-cnn":
+        return DigitCNN(num_classes=num_classes, in_channels=in_channels)
+    if arch == "resnet18":
+        return build_resnet18(num_classes, in_channels, small_inputs=image_size <= 64)
+    raise ValueError(f"unknown classifier architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
+
+
+def save_classifier(model: nn.Module, path) -> None:
+    """Weights as safetensors; the constructor arguments ride in the metadata."""
     from erase.core.io import atomic_save_tensors
 
+    if not isinstance(model, DigitCNN) and getattr(model, "config", {}).get("arch") != "resnet18":
+        raise ValueError(f"save_classifier saves a DigitCNN or a build_resnet18 model, not {type(model).__name__}")
+    kind = "DigitCNN" if isinstance(model, DigitCNN) else "resnet18"
+    config = {k: v for k, v in model.config.items() if k != "arch"}
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    atomic_save_tensors(tensors, path, metadata={"class": "DigitCNN", "config": json.dumps(model.config)})
+    atomic_save_tensors(tensors, path, metadata={"class": kind, "config": json.dumps(config)})
 
 
-def load_classifier(path) -> DigitCNN:
-    """Load a DigitCNN saved by `save_classifier` (safetensors: nothing is unpickled)."""
-    import json
-
+def load_classifier(path) -> nn.Module:
+    """Load a DigitCNN (or ResNet-18) saved by `save_classifier` (safetensors: nothing is unpickled)."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
     with safe_open(str(path), framework="pt") as f:
         metadata = f.metadata() or {}
-    model = DigitCNN(**json.loads(metadata.get("config", "{}")))
+    config = json.loads(metadata.get("config", "{}"))
+    model = build_resnet18(**config) if metadata.get("class") == "resnet18" else DigitCNN(**config)
     model.load_state_dict(load_file(str(path)))
+    return model.eval()
+
+
+# --- forget / remain data ------------------------------------------------------------------------
+
+
+def random_forget_split(num_samples: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(forget indices, remain indices), sorted: a seeded random `fraction` of the training set is forgotten."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"the forget fraction must be in (0, 1), got {fraction}")
+    count = int(round(fraction * num_samples))
+    if not 0 < count < num_samples:
+        raise ValueError(f"a fraction of {fraction} of {num_samples} samples leaves an empty forget or remain set")
+    order = torch.randperm(num_samples, generator=torch.Generator().manual_seed(seed))
+    return order[:count].sort().values, order[count:].sort().values
+
+
+def class_forget_split(labels: torch.Tensor, forget_class: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(forget indices, remain indices): every sample of `forget_class` is forgotten."""
+    chosen = labels == forget_class
+    if not chosen.any():
+        raise ValueError(f"class {forget_class} has no training samples")
+    return chosen.nonzero().flatten(), (~chosen).nonzero().flatten()
+
+
+def batches(dataset: Dataset, batch_size: int, seed: int, shuffle: bool = True, drop_last: bool = True) -> DataLoader:
+    """A DataLoader with its own seeded generator, so runs repeat exactly."""
+    return DataLoader(
+        dataset, batch_size=min(batch_size, len(dataset)), shuffle=shuffle, drop_last=drop_last and shuffle,
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+def random_other_labels(num_classes: int, seed: int = 0):
+    """RL/SalUn's batch transform: each label becomes a uniformly drawn *other* class."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def relabel(batch):
+        inputs, labels = batch
+        shift = torch.randint(1, num_classes, labels.shape, generator=generator).to(labels.device)
+        return inputs, (labels + shift) % num_classes
+
+    return relabel
+
+
+@torch.no_grad()
+def probabilities(model: nn.Module, dataset: Dataset, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """(softmax outputs, labels) over a whole dataset, in eval mode, on CPU."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    probs, labels = [], []
+    for inputs, targets in batches(dataset, batch_size, seed=0, shuffle=False):
+        probs.append(F.softmax(model(inputs.to(device)).float(), dim=-1).cpu())
+        labels.append(torch.as_tensor(targets))
+    model.train(was_training)
+    return torch.cat(probs), torch.cat(labels)
+
+
+# --- methods: the objective and the mask, from the core ------------------------------------------
+
+
+def forget_objective(spec: MethodSpec, config: SFRonConfig, num_classes: int):
+    """Adaptive GA (SFR-on), plain GA, descent on randomly relabelled forget data (RL, SalUn), or none (FT)."""
+    if spec.forget is None:
+        return None
+    if spec.forget == "ascent":
+        return ascent_objective(cross_entropy_loss, config.temperature if spec.adaptive else 0.0)
+    return descent_objective(cross_entropy_loss, random_other_labels(num_classes, config.seed))
+
+
+def method_mask(
+    spec: MethodSpec,
+    model: nn.Module,
+    forget_batches,
+    remain_batches,
+    config: SFRonConfig,
+    fisher_batches: int | None = None,
+    salun_fraction: float = 0.5,
+    fisher: tuple[dict, dict] | None = None,
+):
+    """The method's mask: SFR-on's Fisher-balanced saliency (F_f/F_r ≥ γ), SalUn's top-k |∇L_f|, or None.
+
+    Returns (mask, (F_f, F_r) or None) so callers can cache the Fisher diagonals.
+    """
+    if spec.mask is None:
+        return None, None
+    if spec.mask == "gradient":
+        return gradient_saliency_mask(forget_gradients(model, forget_batches, fisher_batches), salun_fraction), None
+    if fisher is None:
+        torch.manual_seed(config.seed)
+        fisher = (
+            fisher_diagonal(model, cross_entropy_loss, forget_batches, num_batches=fisher_batches,
+                            desc="fisher (forget)", show_progress=False),
+            fisher_diagonal(model, cross_entropy_loss, remain_batches, num_batches=fisher_batches,
+                            desc="fisher (remain)", show_progress=False),
+        )
+    return saliency_mask(fisher[0], fisher[1], config.gamma), fisher
+
+
+def forget_gradients(model: nn.Module, forget_batches, num_batches: int | None = None) -> dict[str, torch.Tensor]:
+    """Σ over forget batches of ∇ mean cross-entropy: what SalUn ranks by magnitude."""
+    params = trainable_parameters(model)
+    sums = {name: torch.zeros_like(p) for name, p in params.items()}
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    for i, (inputs, labels) in enumerate(forget_batches):
+        if num_batches is not None and i >= num_batches:
+            break
+        model.zero_grad(set_to_none=True)
+        cross_entropy_loss(model, (inputs.to(device), labels.to(device))).mean().backward()
+        for name, p in params.items():
+            if p.grad is not None:
+                sums[name] += p.grad.detach()
+    model.zero_grad(set_to_none=True)
+    model.train(was_training)
+    return sums
+
+
+def fit(model: nn.Module, train_batches, config: SFRonConfig, show_progress: bool = True) -> nn.Module:
+    """Supervised training (the original model, or the retrained reference): the core loop with remain
+    steps only — i.e. fine-tuning on the training data — so there is no second training loop."""
+    unlearn(model, None, cross_entropy_loss, None, train_batches, config, show_progress=show_progress)
     return model.eval()

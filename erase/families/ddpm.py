@@ -76,6 +76,8 @@ def epsilon_loss(scheduler: DDPMScheduler, class_dropout: float = 0.0, null_clas
 
     def loss_fn(model, batch):
         images, labels = batch
+        device = next(model.parameters()).device  # CPU batches follow a model on the GPU (Fisher, masks)
+        images, labels = images.to(device), labels.to(device)
         noise = torch.randn_like(images)
         timesteps = torch.randint(0, num_timesteps, (images.shape[0],), device=images.device)
         noisy = scheduler.add_noise(images, noise, timesteps)
@@ -179,3 +181,67 @@ def pretrain(
                 break
     bar.close()
     return ema
+
+
+# --- Full-size settings: random-init models, real class images, the model choice of a recipe --------
+
+
+def random_pipeline(preset: str = "cifar10", num_classes: int = 10, **overrides) -> ClassConditionalDDPMPipeline:
+    """A pipeline with random weights from a preset: speed and memory can be measured without a checkpoint."""
+    pipeline = ClassConditionalDDPMPipeline(unet=build_unet(preset, num_classes, **overrides), scheduler=build_scheduler())
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def pick_device(name: str | None) -> torch.device:
+    """'auto' is the GPU when there is one; None keeps the CPU (the digits demo's behaviour)."""
+    if name in (None, "", "cpu"):
+        return torch.device("cpu")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def load_or_build_pipeline(model_cfg: dict) -> ClassConditionalDDPMPipeline:
+    """A recipe's [model]: `path` (folder or hub id), or `random_init = true` with `preset`/`num_classes`."""
+    from erase.recipes import resolve_path
+
+    device = pick_device(model_cfg.get("device"))
+    if model_cfg.get("random_init"):
+        return random_pipeline(model_cfg.get("preset", "cifar10"), int(model_cfg.get("num_classes", 10))).to(device)
+    if not model_cfg.get("path"):
+        raise UserError("the recipe names no model: set model.path (or model.random_init = true)")
+    return load_pipeline(resolve_path(model_cfg["path"]), device=device)
+
+
+def pick_per_class(labels: torch.Tensor, per_class: int | None, seed: int, classes=None) -> torch.Tensor:
+    """Indices of up to `per_class` seeded-random items of each class (all classes, or `classes`)."""
+    generator = torch.Generator().manual_seed(seed)
+    wanted = labels.unique().tolist() if classes is None else list(classes)
+    picked = []
+    for k in wanted:
+        idx = (labels == k).nonzero().flatten()
+        if per_class is not None and len(idx) > per_class:
+            idx = idx[torch.randperm(len(idx), generator=generator)[:per_class]].sort().values
+        picked.append(idx)
+    return torch.cat(picked) if picked else torch.empty(0, dtype=torch.long)
+
+
+def real_class_data(
+    source, num_classes: int, image_size: int, channels: int, per_class: int | None = 1000,
+    root=None, split: str = "train", seed: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Real labelled images for forgetting: an image folder or torchvision-format CIFAR-10 on disk.
+
+    Up to `per_class` images of every class are decoded once into [-1, 1] tensors at the model's size.
+    """
+    from erase.data.images import dataset_labels, load_class_tensors, open_image_dataset
+
+    dataset = open_image_dataset(source, split=split, image_size=image_size, root=root)
+    if len(dataset.classes) > num_classes:
+        raise UserError(f"{source} has {len(dataset.classes)} classes but the model knows {num_classes}")
+    labels = dataset_labels(dataset)
+    images, labels = load_class_tensors(dataset, pick_per_class(labels, per_class, seed))
+    if channels == 1:
+        images = images.mean(dim=1, keepdim=True)
+    return images, labels

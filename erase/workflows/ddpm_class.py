@@ -31,18 +31,18 @@ from erase.recipes import resolve_path, to_toml
 def run(recipe: dict, show_progress: bool = True) -> dict:
     """Run a class-forgetting recipe end to end; returns the metrics written to metrics.json."""
     started = time.perf_counter()
-    out_dir = resolve_output(recipe)
     forget_class = int(recipe["forget"]["class"])
-    spec = method_spec(recipe.get("method", {}).get("name", "sfron"))
+    spec = user_method(recipe)
     config = sfron_config(recipe)
+    out_dir = resolve_output(recipe)
     torch.manual_seed(config.seed)
 
-    pipeline = ddpm.load_pipeline(resolve_path(recipe["model"]["path"]))
+    pipeline = ddpm.load_or_build_pipeline(recipe["model"])  # a folder/hub id, or random_init for speed runs
     num_classes = pipeline.num_classes
     if not 0 <= forget_class < num_classes:
         raise UserError(f"--forget-class must be in [0, {num_classes - 1}], got {forget_class}")
     unet, scheduler = pipeline.unet, pipeline.scheduler
-    evaluator = Evaluator(recipe, num_classes, forget_class)
+    evaluator = make_evaluator(recipe, num_classes, forget_class)
 
     before = evaluator.evaluate(pipeline, "before")
     erase_started = time.perf_counter()
@@ -96,6 +96,13 @@ def resolve_output(recipe: dict) -> Path:
     return out_dir
 
 
+def user_method(recipe: dict):
+    try:
+        return method_spec(recipe.get("method", {}).get("name", "sfron"))
+    except ValueError as error:
+        raise UserError(str(error)) from None
+
+
 def sfron_config(recipe: dict) -> SFRonConfig:
     try:
         config = SFRonConfig.from_dict(dict(recipe.get("sfron", {})))
@@ -119,7 +126,14 @@ def training_data(recipe: dict, pipeline) -> tuple[torch.Tensor, torch.Tensor]:
             num_inference_steps=int(data.get("inference_steps", 20)), seed=int(data.get("seed", 1234)),
         )
         return images, labels
-    raise UserError(f"unknown dataset {dataset!r} for the DDPM class recipe; use digits or generated")
+    # Otherwise an image folder or torchvision-format CIFAR-10 on disk: real images of every class.
+    unet_config = pipeline.unet.config
+    size = unet_config.sample_size if isinstance(unet_config.sample_size, int) else unet_config.sample_size[0]
+    per_class = data.get("images_per_class", 1000)
+    return ddpm.real_class_data(
+        dataset, pipeline.num_classes, size, unet_config.in_channels, int(per_class) if per_class else None,
+        root=data.get("root") or None, seed=int(data.get("seed", 0)),
+    )
 
 
 def build_mask(kind, recipe, unet, loss_fn, forget_batches, remain_batches, config, out_dir):
@@ -166,6 +180,32 @@ def forget_objective(spec, loss_fn, config, forget_class: int, num_classes: int)
         return images, (labels + shift) % num_classes  # any class but the forgotten one
 
     return descent_objective(loss_fn, relabel)
+
+
+def make_evaluator(recipe: dict, num_classes: int, forget_class: int):
+    """[eval] kind = "digits" (the bundled digit CNN; the default) or "classifier": a classifier the user
+    supplies (eval.classifier), FID of the remaining classes against real images of the dataset."""
+    cfg = recipe.get("eval", {})
+    if cfg.get("kind", "digits") == "digits":
+        return Evaluator(recipe, num_classes, forget_class)
+    if cfg["kind"] != "classifier":
+        raise UserError(f"eval.kind must be digits or classifier, got {cfg['kind']!r}")
+    from erase.eval.class_forgetting import ClassForgettingEvaluator, load_reference
+
+    data = recipe.get("data", {})
+    source = cfg.get("fid_reference") or (data.get("dataset") if data.get("dataset") not in ("digits", "generated") else None)
+    reference = None
+    if source and cfg.get("fid", True):
+        reference = load_reference(source, forget_class, int(cfg.get("reference_images", 10000)), None,
+                                   root=cfg.get("fid_reference_root") or data.get("root") or None,
+                                   split=cfg.get("fid_reference_split", "train"))
+    guidance, steps = float(cfg.get("guidance", 2.0)), int(cfg.get("inference_steps", 100))
+    batch_size = int(cfg.get("batch_size", 500))
+
+    def generate(pipeline, labels, seed):
+        return ddpm.sample(pipeline, labels, guidance, steps, seed=seed, batch_size=batch_size)
+
+    return ClassForgettingEvaluator(cfg, num_classes, forget_class, generate, reference)
 
 
 class Evaluator:
@@ -224,6 +264,6 @@ def summary_table(metrics: dict) -> str:
     rows = [
         (f"FA (class {metrics['forgotten_class']})", b["fa"], a["fa"]),
         ("remaining accuracy", b["remaining_accuracy"], a["remaining_accuracy"]),
-        ("FID (remaining, digit-CNN features)", b["fid"] if b["fid"] is not None else "-", a["fid"] if a["fid"] is not None else "-"),
+        (f"FID (remaining, {b.get('fid_features') or 'digit-CNN features'})", b["fid"] if b["fid"] is not None else "-", a["fid"] if a["fid"] is not None else "-"),
     ]
     return format_table(rows, ("metric", "before", "after"))

@@ -1,0 +1,300 @@
+"""Steps to forget: SFR-on against GA, RL, SalUn and FT on the bundled digits DDPM, through one loop.
+
+    python bench/steps_to_forget.py                       # about 20 minutes on 2 CPU cores
+    python bench/steps_to_forget.py --write-benchmarks    # also writes BENCHMARKS.md and the plot
+
+Every method starts from the same model and runs the one SFR-on loop (`erase.core.sfron.unlearn`)
+with the same data, batch size, optimizer, learning rate, clipping and remain steps; only the forget
+objective, the mask and the forget-weight schedule differ (`erase.core.baselines.method_spec`, built
+by the DDPM class workflow). Every k steps the loop's `on_step` callback generates images with fixed
+seeds and scores them as `erase run` does: FA of the forgotten class, mean accuracy on the remaining
+classes, FID of the remaining classes on the digit classifier's features. A method has forgotten at
+the first evaluation with FA <= 0.05 and remaining accuracy within 0.02 of the original model's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from erase.core.baselines import method_spec  # noqa: E402
+from erase.core.io import atomic_write_json, atomic_write_text  # noqa: E402
+from erase.core.saliency import mask_stats  # noqa: E402
+from erase.core.sfron import SFRonConfig, unlearn  # noqa: E402
+from erase.families import ddpm  # noqa: E402
+from erase.recipes import load_recipe, resolve_path  # noqa: E402
+from erase.workflows import ddpm_class  # noqa: E402
+
+SECTION = "## Steps to forget: SFR-on vs baselines (digits DDPM)"
+FA_TARGET = 0.05
+ACCURACY_TOLERANCE = 0.02
+
+# What each method changes in the recipe's [sfron] table. Everything else (optimizer, lr, batch, clip,
+# remain steps with α_r) is the recipe's for every method. GA, RL and SalUn use their papers' forget
+# weight (1, constant: SalUn's DDPM code, `forget_loss + α·remain_loss`); SFR-on keeps the recipe's
+# (forget_alpha with cosine decay, adaptive λ, Fisher mask at γ); FT has no forget step at all.
+METHOD_SETTINGS = {
+    "sfron": {},
+    "ga": {"forget_alpha": 1.0, "decay_forget_alpha": False},
+    "rl": {"forget_alpha": 1.0, "decay_forget_alpha": False},
+    "salun": {"forget_alpha": 1.0, "decay_forget_alpha": False},
+    "ft": {},
+}
+LABELS = {"sfron": "SFR-on", "ga": "GA", "rl": "RL", "salun": "SalUn", "ft": "FT"}
+
+
+def plan_runs(recipe: dict, methods: list[str], budget: int, lr_overrides: dict[str, float]) -> list[dict]:
+    """One run per method over the whole budget; SFR-on also once with the recipe's own (shorter) schedule,
+    because its forget weight decays to 0 over `steps` and the demo uses that short schedule."""
+    base = dict(recipe.get("sfron", {}))
+    runs = []
+    for name in methods:
+        settings = {**base, **METHOD_SETTINGS[name], "steps": budget}
+        if name in lr_overrides:
+            settings["lr"] = lr_overrides[name]
+        if name == "sfron" and int(base.get("steps", 50)) < budget:
+            short = {**settings, "steps": int(base.get("steps", 50))}
+            runs.append({"key": "sfron-recipe", "method": name, "label": f"SFR-on (recipe schedule, T={short['steps']})", "config": short})
+            runs.append({"key": name, "method": name, "label": f"SFR-on (schedule over T={budget})", "config": settings})
+        else:
+            runs.append({"key": name, "method": name, "label": LABELS[name], "config": settings})
+    return runs
+
+
+def describe(run: dict, recipe: dict) -> str:
+    """The hyper-parameters a run used, for the table."""
+    c, spec = run["config"], method_spec(run["method"])
+    parts = [f"{c.get('optimizer', 'adam').capitalize()} lr {c.get('lr', 1e-4):g}"]
+    if spec.forget is not None:
+        decay = " cosine→0" if c.get("decay_forget_alpha", True) else " const"
+        parts.append(f"α_f {c.get('forget_alpha', 10.0):g}{decay}")
+        if spec.adaptive:
+            parts.append(f"λ {c.get('temperature', 0.5):g}")
+    parts.append(f"α_r {c.get('remain_alpha', 1.0):g}")
+    if spec.mask == "fisher":
+        parts.append(f"Fisher mask γ {c.get('gamma', 1.0):g}")
+    elif spec.mask == "gradient":
+        parts.append(f"|∇L_f| top {float(recipe.get('fisher', {}).get('salun_fraction', 0.5)):.0%} mask")
+    parts.append(f"clip {c.get('grad_clip', 1.0):g}")
+    return ", ".join(parts)
+
+
+def evaluate(evaluator, pipeline) -> dict:
+    result = evaluator.evaluate(pipeline, "bench")
+    return {k: result[k] for k in ("fa", "remaining_accuracy", "fid")}
+
+
+def run_one(run: dict, recipe: dict, evaluator, every: int, work_dir: Path, show_progress: bool) -> dict:
+    """Erase with one method, evaluating every `every` steps; times exclude the evaluations."""
+    spec = method_spec(run["method"])
+    config = SFRonConfig.from_dict(run["config"])
+    forget_class = int(recipe["forget"]["class"])
+    pipeline = ddpm.load_or_build_pipeline(recipe["model"])
+    unet = pipeline.unet
+    images, labels = ddpm_class.training_data(recipe, pipeline)
+    (fi, fl), (ri, rl) = ddpm.class_split(images, labels, forget_class)
+    batch_size = int(recipe.get("data", {}).get("batch_size", 64))
+    forget_batches = ddpm.batches(fi, fl, batch_size, config.seed)
+    remain_batches = ddpm.batches(ri, rl, batch_size, config.seed + 1)
+    loss_fn = ddpm.epsilon_loss(pipeline.scheduler)
+    torch.manual_seed(config.seed)
+
+    unet.requires_grad_(True)
+    started = time.perf_counter()
+    mask = ddpm_class.build_mask(
+        spec.mask, recipe, unet, loss_fn, forget_batches, remain_batches, config, work_dir / run["key"]
+    )
+    setup_seconds = time.perf_counter() - started
+    objective = ddpm_class.forget_objective(spec, loss_fn, config, forget_class, pipeline.num_classes)
+
+    curve, eval_seconds = [], [0.0]
+
+    def on_step(step, model, record):
+        if step % every and step != config.steps:
+            return
+        start = time.perf_counter()
+        point = {"step": step, "train_seconds": record["seconds"] - eval_seconds[0], **evaluate(evaluator, pipeline)}
+        eval_seconds[0] += time.perf_counter() - start
+        model.train()  # sampling left the model in eval mode
+        curve.append(point)
+        print(f"  {run['key']:>13} step {step:4d}: FA {point['fa']:.3f}  remaining {point['remaining_accuracy']:.3f}  "
+              f"FID {point['fid']:.2f}  ({point['train_seconds']:.1f} s training)", flush=True)
+
+    unlearn(unet, objective, loss_fn, forget_batches, remain_batches, config, mask=mask, on_step=on_step,
+            show_progress=show_progress)
+    return {
+        "key": run["key"], "label": run["label"], "method": run["method"], "config": run["config"],
+        "settings": describe(run, recipe), "setup_seconds": setup_seconds,
+        "mask_fraction": mask_stats(mask)["fraction"] if mask is not None else None, "curve": curve,
+    }
+
+
+def first_forgotten(result: dict, original_accuracy: float) -> dict | None:
+    """The first evaluation with FA <= 0.05 and remaining accuracy >= original - 0.02, or None."""
+    for point in result["curve"]:
+        if point["fa"] <= FA_TARGET and point["remaining_accuracy"] >= original_accuracy - ACCURACY_TOLERANCE:
+            return point
+    return None
+
+
+def markdown(results: list[dict], before: dict, args, command: str, minutes: float) -> str:
+    target = before["remaining_accuracy"] - ACCURACY_TOLERANCE
+    lines = [
+        SECTION,
+        "",
+        f"Command: `{command}` — {minutes:.0f} min on this machine ({platform.machine()}, "
+        f"{torch.get_num_threads()} torch threads, CPU shared with other jobs). Recipe `{args.recipe}` "
+        f"(forget digit {args.forget_class}); evaluation every {args.every} steps up to {args.budget}: "
+        f"{args.forget_samples} images of the forgotten digit and {args.per_class} of each other digit, "
+        f"DDIM {args.inference_steps} steps, guidance {args.guidance:g}, fixed seeds; FID of the remaining digits "
+        "against the real ones on the digit classifier's features (small samples: compare FIDs across rows, "
+        "not with other tables).",
+        "",
+        f"Original model: FA {before['fa']:.3f}, remaining accuracy {before['remaining_accuracy']:.3f}, "
+        f"FID {before['fid']:.2f}. **Forgotten** = first evaluation with FA ≤ {FA_TARGET} and remaining accuracy "
+        f"≥ {target:.3f} (original − {ACCURACY_TOLERANCE}). Wall time = mask set-up (Fisher pass, SalUn's "
+        "gradient pass) + training steps up to that point, evaluations excluded.",
+        "",
+        "| method | hyper-parameters | steps to forget | wall time to forget | at that step: FA / rem. acc. / FID "
+        "| at the end: steps, FA / rem. acc. / FID |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        hit = first_forgotten(r, before["remaining_accuracy"])
+        end = r["curve"][-1]
+        mask = f"; mask keeps {r['mask_fraction']:.1%}" if r["mask_fraction"] is not None else ""
+        if hit:
+            steps = str(hit["step"])
+            wall = f"{r['setup_seconds'] + hit['train_seconds']:.1f} s"
+            at = f"{hit['fa']:.2f} / {hit['remaining_accuracy']:.3f} / {hit['fid']:.2f}"
+        else:
+            steps, wall, at = f"not within {end['step']}", "—", "—"
+        lines.append(
+            f"| {r['label']} | {r['settings']}{mask} | {steps} | {wall} | {at} | "
+            f"{end['step']}: {end['fa']:.2f} / {end['remaining_accuracy']:.3f} / {end['fid']:.2f} |"
+        )
+    lines += ["", f"![FA and remaining accuracy against steps, one curve per method]({args.plot})", ""]
+    return "\n".join(lines)
+
+
+def plot(results: list[dict], before: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    keys = [("fa", "FA of the forgotten digit (lower is better)"), ("remaining_accuracy", "remaining-class accuracy"),
+            ("fid", "FID of the remaining digits (classifier features)")]
+    for r in results:
+        curve = [{"step": 0, **before}] + r["curve"]
+        for ax, (key, _) in zip(axes, keys):
+            ax.plot([p["step"] for p in curve], [p[key] for p in curve], marker=".", linewidth=1.2, label=r["label"])
+    axes[0].axhline(FA_TARGET, color="grey", linestyle="--", linewidth=0.8)
+    axes[1].axhline(before["remaining_accuracy"] - ACCURACY_TOLERANCE, color="grey", linestyle="--", linewidth=0.8)
+    for ax, (_, title) in zip(axes, keys):
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def replace_section(path: Path, heading: str, text: str) -> None:
+    """Replace the section that starts at `heading` (up to the next '## ' heading) with `text`."""
+    lines = path.read_text().splitlines(keepends=True)
+    try:
+        start = next(i for i, line in enumerate(lines) if line.rstrip() == heading)
+    except StopIteration:
+        raise SystemExit(f"{path} has no '{heading}' section") from None
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    body = text.rstrip("\n") + "\n\n"
+    atomic_write_text("".join(lines[:start]) + body + "".join(lines[end:]), path)
+
+
+def parse_lrs(items: list[str]) -> dict[str, float]:
+    out = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        if name not in METHOD_SETTINGS or not value:
+            raise SystemExit(f"--lr expects METHOD=VALUE with METHOD in {', '.join(METHOD_SETTINGS)}, got {item!r}")
+        out[name] = float(value)
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--recipe", default="pipelines/digits-ddpm-class.toml")
+    parser.add_argument("--methods", default="sfron,ga,rl,salun,ft")
+    parser.add_argument("--budget", type=int, default=300, help="steps per method")
+    parser.add_argument("--every", type=int, default=10, help="evaluate every k steps")
+    parser.add_argument("--forget-samples", type=int, default=100, help="images of the forgotten digit per evaluation")
+    parser.add_argument("--per-class", type=int, default=30, help="images of each remaining digit per evaluation")
+    parser.add_argument("--inference-steps", type=int, default=None, help="DDIM steps (default: the recipe's)")
+    parser.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the recipe's)")
+    parser.add_argument("--lr", action="append", default=[], metavar="METHOD=LR", help="a method's learning rate")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a recipe value for every method (e.g. model.path=...)")
+    parser.add_argument("--work-dir", default="runs/bench-steps-to-forget")
+    parser.add_argument("--plot", default="assets/steps_to_forget.png")
+    parser.add_argument("--write-benchmarks", action="store_true", help="write the section in BENCHMARKS.md")
+    parser.add_argument("--progress", action="store_true", help="show the loop's progress bars")
+    args = parser.parse_args(argv)
+
+    from erase.recipes import apply_overrides
+
+    recipe = apply_overrides(load_recipe(resolve_path(args.recipe)), args.overrides)
+    eval_cfg = recipe.setdefault("eval", {})
+    eval_cfg.update(forget_samples=args.forget_samples, samples_per_class=args.per_class, fid=True)
+    if args.inference_steps is not None:
+        eval_cfg["inference_steps"] = args.inference_steps
+    if args.guidance is not None:
+        eval_cfg["guidance"] = args.guidance
+    args.inference_steps = int(eval_cfg.get("inference_steps", 20))
+    args.guidance = float(eval_cfg.get("guidance", 2.0))
+    args.forget_class = int(recipe["forget"]["class"])
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    for name in methods:
+        method_spec(name)
+    runs = plan_runs(recipe, methods, args.budget, parse_lrs(args.lr))
+    work_dir = Path(args.work_dir)
+    started = time.perf_counter()
+
+    pipeline = ddpm.load_or_build_pipeline(recipe["model"])
+    evaluator = ddpm_class.make_evaluator(recipe, pipeline.num_classes, args.forget_class)
+    before = evaluate(evaluator, pipeline)
+    print(f"original: FA {before['fa']:.3f}  remaining {before['remaining_accuracy']:.3f}  FID {before['fid']:.2f}", flush=True)
+    results = []
+    for run in runs:
+        print(f"{run['label']}: {describe(run, recipe)}", flush=True)
+        results.append(run_one(run, copy.deepcopy(recipe), evaluator, args.every, work_dir, args.progress))
+        atomic_write_json({"before": before, "results": results}, work_dir / "results.json")
+    minutes = (time.perf_counter() - started) / 60
+
+    command = "python bench/steps_to_forget.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
+    text = markdown(results, before, args, command, minutes)
+    print(text)
+    plot(results, before, REPO / args.plot if not Path(args.plot).is_absolute() else Path(args.plot))
+    if args.write_benchmarks:
+        replace_section(REPO / "BENCHMARKS.md", SECTION, text)
+        print(f"wrote {REPO / 'BENCHMARKS.md'} and {args.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

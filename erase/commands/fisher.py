@@ -1,0 +1,169 @@
+"""`erase fisher` and `erase mask`: SFR-on's two cached steps, computed once and reused for any γ.
+
+`erase fisher RECIPE.toml --out DIR` computes the forget and remain Fisher diagonals of a
+class-conditional DDPM recipe with the same batches and seed as `erase run`, and saves
+DIR/fisher_forget.safetensors and DIR/fisher_remain.safetensors; `erase run RECIPE --out DIR
+--set fisher.reuse=true` then skips the pass. Under `accelerate launch` the Fisher batches are
+dealt out across processes and the sums all-reduced. `erase mask --fisher-dir DIR --gamma G
+--out FILE` turns the two diagonals into the bool mask for threshold γ and prints how much it keeps.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from erase.commands.common import non_negative_int, positive_float, positive_int
+
+FORGET_FILE = "fisher_forget.safetensors"
+REMAIN_FILE = "fisher_remain.safetensors"
+
+
+def register(subparsers) -> None:
+    fisher = subparsers.add_parser(
+        "fisher", help="compute and cache the forget/remain Fisher diagonals of a recipe (DDPM class recipes)"
+    )
+    fisher.add_argument("recipe", help="path of a recipe TOML file (family ddpm, task class)")
+    fisher.add_argument("--out", required=True, help="folder for fisher_forget/fisher_remain.safetensors")
+    fisher.add_argument("--batches", type=positive_int, default=None, help="batches per Fisher (default: recipe fisher.batches)")
+    fisher.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a recipe value, e.g. --set forget.class=5 (repeatable)")
+    fisher.set_defaults(func=run_fisher)
+
+    mask = subparsers.add_parser("mask", help="turn cached Fisher diagonals into SFR-on's bool saliency mask")
+    mask.add_argument("--fisher-dir", required=True, help="folder written by `erase fisher`")
+    mask.add_argument("--gamma", type=positive_float, default=1.0, help="keep weights with F_f/F_r >= γ (default 1)")
+    mask.add_argument("--out", required=True, help="mask file to write (.safetensors, bool tensors)")
+    mask.add_argument("--top", type=non_negative_int, default=5, help="how many tensors to list (default 5)")
+    mask.set_defaults(func=run_mask)
+
+
+def run_fisher(args) -> int:
+    import torch
+    from accelerate import Accelerator
+
+    from erase.core.fisher import fisher_diagonal, save_fisher
+    from erase.core.io import atomic_write_json
+    from erase.errors import UserError
+    from erase.families import ddpm
+    from erase.recipes import apply_overrides, load_recipe
+    from erase.workflows import ddpm_class
+
+    recipe = apply_overrides(load_recipe(args.recipe), args.overrides)
+    key = (recipe.get("family"), recipe.get("task", "class"))
+    if key != ("ddpm", "class"):
+        raise UserError(f"erase fisher supports DDPM class recipes (family ddpm, task class), not {key[0]}/{key[1]}")
+    out_dir = Path(args.out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out_dir} exists and is not a folder")
+    config = ddpm_class.sfron_config(recipe)
+    num_batches = args.batches or int(recipe.get("fisher", {}).get("batches", 8))
+    forget_class = int(recipe["forget"]["class"])
+    pipeline = ddpm.load_or_build_pipeline(recipe.get("model", {}))
+    if not 0 <= forget_class < pipeline.num_classes:
+        raise UserError(f"forget.class must be in [0, {pipeline.num_classes - 1}], got {forget_class}")
+
+    accelerator = Accelerator(cpu=pipeline.device.type == "cpu")
+    started = time.perf_counter()
+    images, labels = ddpm_class.training_data(recipe, pipeline)
+    (f_images, f_labels), (r_images, r_labels) = ddpm.class_split(images, labels, forget_class)
+    batch_size = int(recipe.get("data", {}).get("batch_size", 64))
+    # Same loaders, seeds and order as the workflow, so a single process caches what `erase run` computes.
+    forget_batches = ddpm.batches(f_images, f_labels, batch_size, config.seed)
+    remain_batches = ddpm.batches(r_images, r_labels, batch_size, config.seed + 1)
+    unet = pipeline.unet.to(accelerator.device).requires_grad_(True)
+    loss_fn = ddpm.epsilon_loss(pipeline.scheduler)
+    used = {"forget": min(num_batches, len(forget_batches)), "remain": min(num_batches, len(remain_batches))}
+    torch.manual_seed(config.seed + accelerator.process_index)
+    show = accelerator.is_local_main_process
+    share_f = ProcessShare(forget_batches, used["forget"], accelerator)
+    share_r = ProcessShare(remain_batches, used["remain"], accelerator)
+    fisher_forget = fisher_diagonal(
+        unet, loss_fn, share_f, accelerator, num_batches=len(share_f), desc="fisher (forget)", show_progress=show
+    )
+    fisher_remain = fisher_diagonal(
+        unet, loss_fn, share_r, accelerator, num_batches=len(share_r), desc="fisher (remain)", show_progress=show
+    )
+    seconds = time.perf_counter() - started
+    if accelerator.is_main_process:
+        save_fisher(fisher_forget, out_dir / FORGET_FILE)
+        save_fisher(fisher_remain, out_dir / REMAIN_FILE)
+        weights = sum(t.numel() for t in fisher_forget.values())
+        atomic_write_json(
+            {
+                "model": recipe["model"].get("path") or "random_init", "forgotten_class": forget_class, "forget_batches": used["forget"],
+                "remain_batches": used["remain"], "batch_size": batch_size, "processes": accelerator.num_processes, "seed": config.seed,
+                "weights": weights, "seconds": round(seconds, 2),
+            },
+            out_dir / "fisher.json",
+        )
+        print(f"Fisher diagonals of {weights:,} weights over {used['forget']} forget + {used['remain']} remain batches "
+              f"({accelerator.num_processes} process(es), {seconds:.1f} s) -> {out_dir}")
+    accelerator.wait_for_everyone()
+    return 0
+
+
+class ProcessShare:
+    """The first `num_batches` batches of a loader, dealt round-robin (batch i to process i mod N), on
+    this process's device. Re-iterable like the loader itself, so a single process sees exactly the
+    batches `erase run` sees."""
+
+    def __init__(self, batches, num_batches: int, accelerator):
+        self.batches, self.num_batches, self.accelerator = batches, num_batches, accelerator
+
+    def __len__(self) -> int:
+        return len(range(self.accelerator.process_index, self.num_batches, self.accelerator.num_processes))
+
+    def __iter__(self):
+        return self._deal(iter(self.batches))  # the loader's iterator starts now, as when iterating the loader
+
+    def _deal(self, batches):
+        from accelerate.utils import send_to_device
+
+        rank, world = self.accelerator.process_index, self.accelerator.num_processes
+        for i, batch in enumerate(batches):
+            if i >= self.num_batches:
+                return
+            if i % world == rank:
+                yield send_to_device(batch, self.accelerator.device)
+
+
+def run_mask(args) -> int:
+    from safetensors import SafetensorError
+
+    from erase.core.fisher import load_fisher
+    from erase.core.saliency import mask_stats, saliency_mask, save_mask
+    from erase.errors import UserError
+
+    fisher_dir, out = Path(args.fisher_dir), Path(args.out)
+    paths = [fisher_dir / FORGET_FILE, fisher_dir / REMAIN_FILE]
+    for path in paths:
+        if not path.is_file():
+            raise UserError(f"no {path.name} in {fisher_dir}; compute it with `erase fisher RECIPE --out {fisher_dir}`")
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder; give a file name such as {out / 'mask.safetensors'}")
+    try:
+        fisher_forget, fisher_remain = (load_fisher(p) for p in paths)
+        mask = saliency_mask(fisher_forget, fisher_remain, args.gamma)
+    except (SafetensorError, OSError, RuntimeError) as error:
+        raise UserError(f"cannot read the Fisher files in {fisher_dir}: {error}") from None
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    save_mask(mask, out, metadata={"gamma": str(args.gamma)})
+    print(describe_mask(mask_stats(mask), {n: m.numel() for n, m in mask.items()}, args.gamma, args.top))
+    print(f"-> {out}")
+    return 0
+
+
+def describe_mask(stats: dict, sizes: dict[str, int], gamma: float, top: int) -> str:
+    """The kept fraction overall, then the `top` tensors holding the most kept weights."""
+    lines = [f"γ = {gamma:g}: kept {stats['fraction']:.2%} of the weights ({stats['kept']:,} of {stats['total']:,})"]
+    kept = {name: int(round(fraction * sizes[name])) for name, fraction in stats["per_tensor"].items()}
+    ranked = sorted(kept, key=lambda name: (-kept[name], name))[:top]
+    if ranked:
+        width = max(len(name) for name in ranked)
+        lines.append("tensors holding the most kept weights:")
+        for name in ranked:
+            share = stats["per_tensor"][name]
+            lines.append(f"  {name.ljust(width)}  {kept[name]:>9,} of {sizes[name]:>9,}  ({share:.2%})")
+    return "\n".join(lines)

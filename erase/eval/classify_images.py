@@ -1,0 +1,371 @@
+"""The classifier that judges generated images (FA): a torchvision model with its preprocessing.
+
+Three sources, all read without unpickling:
+  * a classifier fine-tuned by the toolkit (`erase pretrain classifier`): safetensors whose metadata
+    names the architecture, the classes, the input size and the normalisation;
+  * a classifier trained by the classifier family (digits CNN, CIFAR ResNet-18): delegated to it;
+  * any torchvision architecture plus a local weights file the user has (safetensors, or a state
+    dict read with torch.load(weights_only=True)), e.g. the ResNet-34 of the official protocol.
+The official CIFAR-10 protocol: ResNet-34 fine-tuned from ImageNet weights, inputs resized to
+224×224 and scaled to [-1, 1] ("half" normalisation), 500 generated images of the forgotten class.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from erase.errors import UserError
+
+NORMALIZATIONS = {
+    "half": ([0.5, 0.5, 0.5], [0.5, 0.5, 0.5]),  # [-1, 1], as the official protocol and the DDPM data
+    "imagenet": ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),  # torchvision's ImageNet weights
+}
+TOOLKIT_CLASS = "torchvision-classifier"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+@dataclass
+class ImageClassifier:
+    """A model plus how images must look to it. Images go in as uint8 N×C×H×W."""
+
+    model: nn.Module
+    arch: str
+    image_size: int | None
+    mean: list[float]
+    std: list[float]
+    classes: list[str] | None = None
+    in_channels: int = 3
+    info: dict = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return last_linear(self.model).out_features
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        device = next(self.model.parameters()).device
+        x = images.to(device).float() / 255.0
+        if x.shape[1] != self.in_channels:
+            x = x.mean(1, keepdim=True) if self.in_channels == 1 else x.expand(-1, self.in_channels, -1, -1)
+        if self.image_size and tuple(x.shape[-2:]) != (self.image_size, self.image_size):
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", antialias=True,
+                              align_corners=False)
+        mean = torch.tensor(self.mean[: self.in_channels], device=device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std[: self.in_channels], device=device).view(1, -1, 1, 1)
+        return (x - mean) / std
+
+    @torch.no_grad()
+    def logits(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        self.model.eval()
+        out = [self.model(self.preprocess(images[i : i + batch_size])).float().cpu()
+               for i in range(0, len(images), batch_size)]
+        return torch.cat(out) if out else torch.empty(0, self.num_classes)
+
+    @torch.no_grad()
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Penultimate features: the input of the last linear layer (for FID on classifier features)."""
+        captured = []
+        handle = last_linear(self.model).register_forward_hook(lambda m, inputs, output: captured.append(inputs[0]))
+        try:
+            self.model.eval()
+            self.model(self.preprocess(images))
+        finally:
+            handle.remove()
+        return captured[0].flatten(1).float()
+
+
+def verdicts(classifier: ImageClassifier, images: torch.Tensor, label: int) -> dict:
+    """The official protocol's numbers for images generated for `label`: share predicted as it (FA),
+    mean probability of it, mean entropy of the prediction, and the predicted-class histogram."""
+    logits = classifier.logits(images)
+    probs = logits.softmax(-1)
+    predictions = probs.argmax(-1)
+    entropy = -(probs * probs.clamp_min(1e-12).log()).sum(-1)
+    counts = torch.bincount(predictions, minlength=probs.shape[1])
+    top = [(int(k), int(counts[k])) for k in counts.argsort(descending=True)[:5] if counts[k] > 0]
+    return {
+        "label": label,
+        "images": len(images),
+        "fa": float((predictions == label).float().mean()),
+        "mean_probability": float(probs[:, label].mean()),
+        "mean_entropy": float(entropy.mean()),
+        "top_predictions": {(classifier.classes[k] if classifier.classes else str(k)): n for k, n in top},
+    }
+
+
+# --- building and loading ------------------------------------------------------------------------
+
+
+def build_torchvision(arch: str, num_classes: int) -> nn.Module:
+    import torchvision
+
+    builder = getattr(torchvision.models, arch, None)
+    if builder is None or not callable(builder) or arch.startswith("_") or arch[0].isupper():
+        raise UserError(f"unknown torchvision architecture {arch!r} (e.g. resnet18, resnet34, resnet50)")
+    return builder(weights=None, num_classes=num_classes)
+
+
+def last_linear(model: nn.Module) -> nn.Linear:
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise UserError(f"{type(model).__name__} has no linear layer to classify with")
+    return linears[-1]
+
+
+def read_state_dict(path) -> dict[str, torch.Tensor]:
+    """safetensors, or a torch.save'd state dict read with weights_only=True; unwraps {'state_dict': ...}
+    and {'model': ...} and strips DataParallel's 'module.' prefix."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"no such weights file: {path}")
+    if path.suffix == ".safetensors":
+        state = load_file(str(path))
+    else:
+        try:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception as error:  # pickle errors come in many types
+            raise UserError(f"{path} is not a plain state dict that loads with weights_only=True: "
+                            f"{str(error).splitlines()[0]}") from None
+    for key in ("state_dict", "model", "ema"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{path} does not hold a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def read_metadata(path) -> dict:
+    path = Path(path)
+    if path.suffix != ".safetensors" or not path.is_file():
+        return {}
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return f.metadata() or {}
+
+
+def load_image_classifier(
+    path, arch: str | None = None, num_classes: int | None = None, image_size: int | None = None,
+    normalize: str | None = None, device: str | torch.device = "cpu",
+) -> ImageClassifier:
+    """Any of the three sources (see the module docstring); explicit arguments override the metadata."""
+    path = Path(path)
+    metadata = read_metadata(path)
+    if not path.is_file():
+        raise UserError(f"no such classifier file: {path}")
+    if metadata.get("class") == TOOLKIT_CLASS:
+        meta = json.loads(metadata["config"])
+        model = build_torchvision(meta["arch"], meta["num_classes"])
+        model.load_state_dict(read_state_dict(path))
+        mean, std = (NORMALIZATIONS[normalize] if normalize else (meta["mean"], meta["std"]))
+        classifier = ImageClassifier(model, meta["arch"], image_size or meta["image_size"], mean, std,
+                                     meta.get("classes"), info=meta)
+    elif metadata.get("class") in ("DigitCNN", "resnet18"):
+        from erase.families.classifier import load_classifier
+
+        model = load_classifier(path)
+        config = json.loads(metadata.get("config", "{}"))
+        in_channels = int(config.get("in_channels", 1 if metadata["class"] == "DigitCNN" else 3))
+        size = image_size or (8 if metadata["class"] == "DigitCNN" else None)
+        mean, std = NORMALIZATIONS[normalize or "half"]
+        classifier = ImageClassifier(model, metadata["class"], size, mean, std, in_channels=in_channels)
+    else:
+        if not arch:
+            raise UserError(f"{path} is a plain weights file: say which torchvision architecture it is (--arch)")
+        state = read_state_dict(path)
+        if num_classes is None:
+            matrices = [v for k, v in state.items() if k.endswith("weight") and v.dim() == 2]
+            if not matrices:
+                raise UserError(f"{path} has no linear layer weights; pass --num-classes")
+            num_classes = matrices[-1].shape[0]
+        model = build_torchvision(arch, num_classes)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as error:
+            raise UserError(f"{path} does not fit torchvision's {arch}: {str(error).splitlines()[0]}") from None
+        mean, std = NORMALIZATIONS[normalize or "imagenet"]
+        classifier = ImageClassifier(model, arch, image_size or 224, mean, std)
+    classifier.model.to(device).eval().requires_grad_(False)
+    return classifier
+
+
+def save_image_classifier(classifier: ImageClassifier, path, extra: dict | None = None) -> None:
+    from erase.core.io import atomic_save_tensors
+
+    config = {
+        "arch": classifier.arch, "num_classes": classifier.num_classes, "image_size": classifier.image_size,
+        "mean": classifier.mean, "std": classifier.std, "classes": classifier.classes, **(extra or {}),
+    }
+    tensors = {k: v.detach().contiguous().cpu() for k, v in classifier.model.state_dict().items()}
+    atomic_save_tensors(tensors, path, metadata={"class": TOOLKIT_CLASS, "config": json.dumps(config)})
+
+
+# --- images on disk ------------------------------------------------------------------------------
+
+
+def image_files(folder) -> list[Path]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"no such image folder: {folder}")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise UserError(f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    return files
+
+
+def load_images_uint8(folder, size: int | None = None, limit: int | None = None) -> torch.Tensor:
+    """All images of a folder (recursively, sorted) as uint8 N×3×H×W; `size` resizes them to size×size."""
+    import numpy as np
+    from PIL import Image
+
+    files = image_files(folder)[:limit]
+    arrays = []
+    for path in files:
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+            if size and image.size != (size, size):
+                image = image.resize((size, size), Image.BICUBIC)
+            arrays.append(np.asarray(image))
+    shapes = {a.shape for a in arrays}
+    if len(shapes) > 1:
+        raise UserError(f"{folder} mixes image sizes {sorted(shapes)[:3]}; pass --image-size to resize them")
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+
+def save_images_uint8(images: torch.Tensor, folder, prefix: str = "") -> None:
+    """uint8 N×C×H×W -> numbered PNGs (what `erase evaluate classifier|fid` read back)."""
+    from PIL import Image
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, image in enumerate(images.cpu()):
+        array = image.permute(1, 2, 0).numpy()
+        Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array).save(folder / f"{prefix}{i:05d}.png")
+
+
+# --- fine-tuning (`erase pretrain classifier`) ------------------------------------------------------
+
+
+def finetune_classifier(
+    data, out_path, arch: str = "resnet34", init_weights=None, image_size: int = 224, epochs: int = 5,
+    batch_size: int = 128, lr: float = 0.01, data_root=None, workers: int = 0, seed: int = 0,
+    mixed_precision: str = "no", show_progress: bool = True,
+) -> dict:
+    """Fine-tune a torchvision classifier on labelled images (the official FA protocol: ResNet-34 from
+    ImageNet weights at 224×224, [-1, 1] inputs). SGD momentum 0.9, weight decay 5e-4, cosine LR,
+    random horizontal flips, BatchNorm statistics recomputed at the end; Accelerate for devices and
+    mixed precision."""
+    from accelerate import Accelerator
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+
+    from erase.data.images import TORCHVISION_SETS, open_image_dataset
+
+    started = time.perf_counter()
+    out_path = Path(out_path)
+    if out_path.suffix != ".safetensors":
+        raise UserError(f"--out should be a .safetensors file, got {out_path}")
+    train_set = open_image_dataset(data, split="train", image_size=image_size, root=data_root)
+    test_set = None
+    if str(data).lower() in TORCHVISION_SETS:
+        test_set = open_image_dataset(data, split="test", image_size=image_size, root=data_root)
+    else:
+        for split in ("test", "val"):
+            if (Path(data) / split).is_dir():
+                test_set = open_image_dataset(data, split=split, image_size=image_size)
+                break
+    num_classes = len(train_set.classes)
+    torch.manual_seed(seed)
+    model = build_torchvision(arch, num_classes)
+    if init_weights:
+        state = read_state_dict(init_weights)
+        head = last_linear(model)
+        own = model.state_dict()
+        kept = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
+        head_names = {n for n, p in model.named_parameters() if any(p is q for q in head.parameters())}
+        if len(kept) < len(own) - len(head_names) - sum("num_batches_tracked" in k for k in own):
+            raise UserError(f"{init_weights} does not fit torchvision's {arch} (only {len(kept)} of {len(own)} tensors match)")
+        model.load_state_dict(kept, strict=False)
+
+    accelerator = Accelerator(mixed_precision=mixed_precision)
+    loader = DataLoader(train_set, batch_size=min(batch_size, len(train_set)), shuffle=True, drop_last=True,
+                        num_workers=workers, generator=torch.Generator().manual_seed(seed))
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs * len(loader)))
+    model, optimizer, loader, schedule = accelerator.prepare(model, optimizer, loader, schedule)
+    bar = tqdm(total=epochs * len(loader), desc=f"fine-tuning {arch}",
+               disable=not show_progress or not accelerator.is_local_main_process)
+    model.train()
+    for _ in range(epochs):
+        for images, labels in loader:
+            flip = torch.rand(images.shape[0], device=images.device) < 0.5
+            images = torch.where(flip[:, None, None, None], images.flip(3), images)
+            with accelerator.autocast():
+                loss = F.cross_entropy(model(images), labels)
+            optimizer.zero_grad(set_to_none=True)
+            accelerator.backward(loss)
+            optimizer.step()
+            schedule.step()
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    bar.close()
+    model = accelerator.unwrap_model(model)
+    recalibrate_batchnorm(model, train_set, batch_size, accelerator.device, seed)
+    mean, std = NORMALIZATIONS["half"]  # open_image_dataset scales to [-1, 1]
+    classifier = ImageClassifier(model, arch, image_size, mean, std, list(train_set.classes))
+    test_accuracy = dataset_accuracy(model, test_set, batch_size, accelerator.device) if test_set else None
+    info = {"arch": arch, "num_classes": num_classes, "epochs": epochs, "image_size": image_size,
+            "init_weights": str(init_weights) if init_weights else None, "test_accuracy": test_accuracy,
+            "seconds": round(time.perf_counter() - started, 1)}
+    if accelerator.is_main_process:
+        save_image_classifier(classifier.__class__(model.cpu(), arch, image_size, mean, std, classifier.classes),
+                              out_path, extra={"test_accuracy": test_accuracy})
+    return info
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, dataset, batch_size: int, device, seed: int = 0, max_batches: int = 200) -> None:
+    """"Precise BN": recompute BatchNorm statistics with the final weights, as a plain average over
+    shuffled training batches. The running averages kept during a short fine-tuning lag behind the
+    weights and can make eval-mode predictions much worse than train-mode ones."""
+    from torch.utils.data import DataLoader
+
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    model.train()
+    loader = DataLoader(dataset, batch_size=min(max(batch_size, 64), len(dataset)), shuffle=True,
+                        generator=torch.Generator().manual_seed(seed))
+    for i, (images, _) in enumerate(loader):
+        if i >= max_batches:
+            break
+        model(images.to(device))
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    model.eval()
+
+
+@torch.no_grad()
+def dataset_accuracy(model: nn.Module, dataset, batch_size: int, device) -> float:
+    from torch.utils.data import DataLoader
+
+    model.eval()
+    correct = total = 0
+    for images, labels in DataLoader(dataset, batch_size=batch_size):
+        predictions = model(images.to(device)).argmax(1).cpu()
+        correct += int((predictions == labels).sum())
+        total += len(labels)
+    return correct / total if total else float("nan")

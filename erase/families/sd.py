@@ -1,0 +1,407 @@
+"""Stable Diffusion 1.x family: loading, losses on cached latents, batch generation, export.
+
+The UNet is what gets erased; the VAE and text encoder stay frozen, so forget/remain images are
+encoded to latents and prompts to embeddings once, before training. Batches are tuples
+(latents, prompt embeddings[, anchor embeddings]).
+
+Losses (per sample, at one random timestep with one noise draw per sample):
+  * epsilon_loss:  ‖ε_θ(x_t, c) − ε‖²                                   (Fisher, remain steps, ascent)
+  * mapping_loss:  ‖ε_θ(x_t, c_f) − sg(ε_θ(x_t, c_a))‖²                 (SFR-on's concept mapping)
+  * esd_loss:      ‖ε_θ(x_t, c_f) − [ε*(x_t, ∅) − η(ε*(x_t, c_f) − ε*(x_t, ∅))]‖²   (ESD, ε* frozen)
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import DiffusionPipeline, StableDiffusionPipeline, UNet2DConditionModel
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from erase.core.io import atomic_directory
+from erase.data.prompts import PromptRow
+from erase.errors import UserError
+
+DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
+UNET_WEIGHTS = "diffusion_pytorch_model.safetensors"
+# Standard (non-variant) weight file names of diffusers and transformers components, sharded or not.
+STANDARD_WEIGHTS = re.compile(r"^(model|diffusion_pytorch_model)(-\d+-of-\d+)?\.safetensors(\.index\.json)?$")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth", ".msgpack", ".h5", ".onnx", ".pb")
+REQUIRED_COMPONENTS = {"unet": "UNet2DConditionModel", "vae": "AutoencoderKL", "text_encoder": None, "tokenizer": None}
+TRAIN_SELECTIONS = ("full", "xattn", "noxattn")
+DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def resolve_model(model: str) -> Path:
+    """A local folder for `model`: the folder itself, or the hub snapshot (from the cache when offline)."""
+    local = Path(model).expanduser()
+    if local.exists():
+        if not local.is_dir():
+            raise UserError(f"{model} is a file, not a diffusers pipeline folder")
+        check_sd_folder(local)
+        return local
+    looks_like_hub_id = re.fullmatch(r"[\w.-]+/[\w.-]+", model) is not None
+    if not looks_like_hub_id:
+        raise UserError(f"no such model: {model} (not a folder, nor a hub id like CompVis/stable-diffusion-v1-4)")
+    from diffusers.utils import logging as diffusers_logging
+
+    verbosity = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()  # the hub's "will try the cache" warnings would break the one-line error
+    try:
+        folder = Path(DiffusionPipeline.download(model))
+    except Exception as error:  # hub errors come in many classes; all mean "cannot get it"
+        if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+            reason = "not in the local Hugging Face cache, and HF_HUB_OFFLINE is set"
+        else:
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise UserError(f"no such model: {model} is not a local folder, and as a hub id: {reason}") from None
+    finally:
+        diffusers_logging.set_verbosity(verbosity)
+    check_sd_folder(folder)
+    return folder
+
+
+def check_sd_folder(folder: Path) -> dict:
+    """The folder's model_index.json, after checking it describes an SD-1.x-style pipeline."""
+    index_path = folder / "model_index.json"
+    if not index_path.is_file():
+        raise UserError(f"{folder} is not a diffusers pipeline folder (no model_index.json)")
+    try:
+        index = json.loads(index_path.read_text())
+    except json.JSONDecodeError:
+        raise UserError(f"{index_path} is not valid JSON") from None
+    for name, cls in REQUIRED_COMPONENTS.items():
+        entry = index.get(name)
+        if not isinstance(entry, list) or len(entry) != 2 or entry[1] is None:
+            raise UserError(f"{folder} is not a Stable Diffusion pipeline (no {name} component)")
+        if cls is not None and entry[1] != cls:
+            raise UserError(f"{folder} is not a Stable Diffusion 1.x pipeline ({name} is {entry[1]}, expected {cls})")
+    return index
+
+
+def load_pipeline(model: str, device="cpu", dtype: torch.dtype = torch.float32):
+    """(StableDiffusionPipeline without safety checker, its local folder). Clear errors for bad input."""
+    folder = resolve_model(str(model))
+    try:
+        # torch_dtype only when asked: diffusers 0.42 warns about the name, older releases need it.
+        extra = {"torch_dtype": dtype} if dtype != torch.float32 else {}
+        pipeline = StableDiffusionPipeline.from_pretrained(
+            folder, safety_checker=None, requires_safety_checker=False, **extra
+        )
+    except (OSError, ValueError, TypeError, AttributeError) as error:
+        raise UserError(f"cannot load {model} as a Stable Diffusion pipeline: {str(error).splitlines()[0][:200]}") from None
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline.to(device), folder
+
+
+def default_size(pipeline) -> int:
+    """Image side the UNet was trained for (512 for SD v1.4)."""
+    return pipeline.unet.config.sample_size * pipeline.vae_scale_factor
+
+
+def select_trainable(unet: UNet2DConditionModel, which: str) -> int:
+    """Turn gradients on for the part of the UNet that is erased; returns the number of weights.
+
+    full: every weight; xattn: cross-attention (attn2) only (ESD-x); noxattn: all but attn2 (ESD-u).
+    """
+    if which not in TRAIN_SELECTIONS:
+        raise UserError(f"train must be one of {', '.join(TRAIN_SELECTIONS)}, got {which!r}")
+    count = 0
+    for name, p in unet.named_parameters():
+        on = which == "full" or (("attn2" in name) == (which == "xattn"))
+        p.requires_grad_(on)
+        count += p.numel() if on else 0
+    return count
+
+
+# --------------------------------------------------------------------------- cached inputs
+
+
+@torch.no_grad()
+def encode_prompts(pipeline, prompts: list[str], batch_size: int = 32) -> torch.Tensor:
+    """Text-encoder hidden states for each prompt (N×77×D), on the CPU."""
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        embeds, _ = pipeline.encode_prompt(prompts[i : i + batch_size], pipeline.device, 1, False)
+        out.append(embeds.float().cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def encode_images(pipeline, images: torch.Tensor, seed: int = 0, batch_size: int = 8) -> torch.Tensor:
+    """Scaled VAE latents of [-1, 1] images, one seeded posterior draw each, on the CPU."""
+    vae = pipeline.vae
+    generator = torch.Generator(device=pipeline.device).manual_seed(seed)
+    out = []
+    for i in range(0, len(images), batch_size):
+        batch = images[i : i + batch_size].to(pipeline.device, vae.dtype)
+        latents = vae.encode(batch).latent_dist.sample(generator=generator)
+        out.append((latents * vae.config.scaling_factor).float().cpu())
+    return torch.cat(out)
+
+
+def load_images(paths: list[Path], size: tuple[int, int] | None = None) -> torch.Tensor:
+    """PNG/JPEG files -> float N×3×H×W in [-1, 1] (resized when `size` is given)."""
+    from PIL import Image
+
+    out = []
+    for path in paths:
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+            if size is not None and image.size != (size[1], size[0]):
+                image = image.resize((size[1], size[0]), Image.BICUBIC)
+            array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
+        out.append(torch.from_numpy(array).permute(2, 0, 1))
+    return torch.stack(out)
+
+
+# --------------------------------------------------------------------------- losses
+
+
+def _noisy(scheduler, latents: torch.Tensor):
+    noise = torch.randn_like(latents)
+    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device)
+    return scheduler.add_noise(latents, noise, timesteps), noise, timesteps
+
+
+def _per_sample_mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+
+
+def epsilon_loss(scheduler):
+    """Per-sample denoising loss on (latents, embeddings, ...): the SD training objective."""
+
+    def loss_fn(model, batch):
+        latents, embeddings = batch[0], batch[1]
+        noisy, noise, timesteps = _noisy(scheduler, latents)
+        target = noise
+        if scheduler.config.get("prediction_type", "epsilon") == "v_prediction":
+            target = scheduler.get_velocity(latents, noise, timesteps)
+        prediction = model(noisy, timesteps, encoder_hidden_states=embeddings).sample
+        return _per_sample_mse(prediction, target)
+
+    return loss_fn
+
+
+def mapping_loss(scheduler):
+    """Per-sample ‖ε_θ(x_t, c_f) − sg(ε_θ(x_t, c_a))‖² on (latents, forget emb., anchor emb.).
+
+    Minimised: the model learns to answer the forget prompt as it answers the anchor prompt,
+    on the forget images, with the same noise and timestep for both predictions.
+    """
+
+    def loss_fn(model, batch):
+        latents, forget_embeddings, anchor_embeddings = batch
+        noisy, _, timesteps = _noisy(scheduler, latents)
+        with torch.no_grad():
+            target = model(noisy, timesteps, encoder_hidden_states=anchor_embeddings).sample
+        prediction = model(noisy, timesteps, encoder_hidden_states=forget_embeddings).sample
+        return _per_sample_mse(prediction, target)
+
+    return loss_fn
+
+
+def esd_loss(scheduler, teacher: UNet2DConditionModel, null_embedding: torch.Tensor, negative_guidance: float = 1.0):
+    """ESD: per-sample ‖ε_θ(x_t, c) − [ε*(x_t, ∅) − η(ε*(x_t, c) − ε*(x_t, ∅))]‖², ε* a frozen copy.
+
+    x_t are the forget images' latents noised at a random timestep (ESD proper samples x_t with
+    the model from the concept prompt; the cached forget images are such samples).
+    """
+
+    def loss_fn(model, batch):
+        latents, forget_embeddings = batch[0], batch[1]
+        noisy, _, timesteps = _noisy(scheduler, latents)
+        null = null_embedding.to(forget_embeddings.device, forget_embeddings.dtype).expand_as(forget_embeddings)
+        with torch.no_grad():
+            eps_null = teacher(noisy, timesteps, encoder_hidden_states=null).sample
+            eps_concept = teacher(noisy, timesteps, encoder_hidden_states=forget_embeddings).sample
+            target = eps_null - negative_guidance * (eps_concept - eps_null)
+        prediction = model(noisy, timesteps, encoder_hidden_states=forget_embeddings).sample
+        return _per_sample_mse(prediction, target)
+
+    return loss_fn
+
+
+# --------------------------------------------------------------------------- generation
+
+
+def image_name(row: PromptRow, k: int) -> str:
+    return f"{row.name}_{k}.png"
+
+
+def initial_noise(pipeline, seed: int, samples: int, height: int, width: int) -> torch.Tensor:
+    """The row's starting latents: `samples` draws from one CPU generator seeded with the row's seed.
+
+    The same convention as the I2P/ESD evaluation scripts (torch.manual_seed(seed), one batch of
+    samples per prompt), computed per row so batching and resuming cannot change any image.
+    """
+    shape = (samples, pipeline.unet.config.in_channels, height // pipeline.vae_scale_factor, width // pipeline.vae_scale_factor)
+    return torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed), dtype=torch.float32)
+
+
+@torch.no_grad()
+def generate_images(
+    pipeline,
+    rows: list[PromptRow],
+    out_dir,
+    samples_per_prompt: int = 1,
+    batch_size: int = 4,
+    num_inference_steps: int = 50,
+    guidance: float | None = None,
+    height: int | None = None,
+    width: int | None = None,
+    default_guidance: float = 7.5,
+    show_progress: bool = True,
+    desc: str = "generating",
+) -> dict:
+    """Write `{name}_{k}.png` for every row and k < samples_per_prompt into out_dir; skip existing ones.
+
+    Deterministic: image k of a row starts from the row seed's noise, and batches are the same on
+    every run with the same batch size, so a killed run resumes where it stopped and ends equal to
+    an uninterrupted one. Under `accelerate launch` the batches are split across processes.
+    Returns {'written', 'skipped', 'total'} (written: by this process).
+    """
+    from accelerate import PartialState
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    height = height or default_size(pipeline)
+    width = width or default_size(pipeline)
+    items = [(row, k) for row in rows for k in range(samples_per_prompt)]
+    # Batches are fixed by the full list, not by what is left: kernels may round differently for
+    # another batch size, so a resumed run regenerates a partly written batch whole and writes
+    # only its missing images.
+    batches = list(_batches_by_guidance(items, batch_size, guidance, default_guidance))
+    missing = [[not (out_dir / image_name(row, k)).exists() for row, k in batch] for batch in batches]
+    todo = [(batch, flags) for batch, flags in zip(batches, missing) if any(flags)]
+    skipped = len(items) - sum(sum(flags) for flags in missing)
+    state = PartialState()
+    with state.split_between_processes(todo) as mine:
+        mine = list(mine)
+    written = 0
+    bar = tqdm(total=sum(sum(flags) for _, flags in mine), desc=desc, disable=not show_progress, leave=False)
+    for batch, flags in mine:
+        scale = _guidance_of(batch[0][0], guidance, default_guidance)
+        noise = {}
+        latents = []
+        for row, k in batch:
+            if row.index not in noise:
+                noise[row.index] = initial_noise(pipeline, row.seed, samples_per_prompt, height, width)
+            latents.append(noise[row.index][k])
+        images = pipeline(
+            prompt=[row.prompt for row, _ in batch], latents=torch.stack(latents).to(pipeline.device, pipeline.unet.dtype),
+            guidance_scale=scale, num_inference_steps=num_inference_steps, height=height, width=width, output_type="pil",
+        ).images
+        for (row, k), image, needed in zip(batch, images, flags):
+            if needed:
+                _save_png_atomic(image, out_dir / image_name(row, k))
+                written += 1
+                bar.update(1)
+    bar.close()
+    return {"written": written, "skipped": skipped, "total": len(items)}
+
+
+def _guidance_of(row: PromptRow, guidance: float | None, default: float) -> float:
+    if guidance is not None:
+        return guidance
+    return row.guidance if row.guidance is not None else default
+
+
+def _batches_by_guidance(items, batch_size: int, guidance, default):
+    """Consecutive items in batches of at most batch_size that share one guidance scale."""
+    batch = []
+    for item in items:
+        if batch and (len(batch) == batch_size or _guidance_of(item[0], guidance, default) != _guidance_of(batch[0][0], guidance, default)):
+            yield batch
+            batch = []
+        batch.append(item)
+    if batch:
+        yield batch
+
+
+def _save_png_atomic(image, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    image.save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- export
+
+
+def stored_unet_dtype(folder: Path) -> torch.dtype:
+    """The dtype the base UNet is stored in (exports keep it, so untouched weights stay bit-equal)."""
+    files = sorted((folder / "unet").glob("*.safetensors"))
+    files = [f for f in files if STANDARD_WEIGHTS.match(f.name)] or files
+    if not files:
+        return torch.float32
+    with safe_open(str(files[0]), framework="pt") as f:
+        keys = list(f.keys())
+        stored = f.get_slice(keys[0]).get_dtype() if keys else "F32"
+    return {"F16": torch.float16, "BF16": torch.bfloat16}.get(stored, torch.float32)
+
+
+def read_unet_state(folder: Path) -> dict[str, torch.Tensor]:
+    """The base UNet's weights as diffusers loads them, in their stored dtype, on the CPU."""
+    unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet")
+    return unet_state(unet, stored_unet_dtype(folder))
+
+
+def unet_state(unet: UNet2DConditionModel, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    return {name: t.detach().to("cpu", dtype, copy=True).contiguous() for name, t in unet.state_dict().items()}
+
+
+def export_pipeline(base_folder: Path, state: dict[str, torch.Tensor], out) -> Path:
+    """Write a diffusers folder (safetensors) equal to `base_folder` except for the UNet weights.
+
+    Every other component is copied file by file (byte-identical); a component stored only as
+    .bin is re-saved as safetensors. The UNet config is copied; its weights are `state`. The same
+    function serves training and `erase patch apply`, so both give byte-identical folders.
+    """
+    base_folder = Path(base_folder)
+    index = check_sd_folder(base_folder)
+    with atomic_directory(out) as tmp:
+        for entry in sorted(base_folder.iterdir()):
+            if entry.name.startswith("."):
+                continue
+            if entry.is_file():
+                shutil.copyfile(entry, tmp / entry.name)
+            elif entry.name == "unet":
+                (tmp / "unet").mkdir()
+                shutil.copyfile(entry / "config.json", tmp / "unet" / "config.json")
+                save_file(state, str(tmp / "unet" / UNET_WEIGHTS), metadata={"format": "pt"})
+            elif entry.is_dir() and entry.name in index:
+                _copy_component(entry, tmp / entry.name, index[entry.name])
+    return Path(out)
+
+
+def _copy_component(source: Path, target: Path, spec) -> None:
+    files = [f for f in sorted(source.iterdir()) if f.is_file()]
+    weights = [f for f in files if f.name.endswith(WEIGHT_SUFFIXES)]
+    standard = [f for f in weights if STANDARD_WEIGHTS.match(f.name)]
+    target.mkdir()
+    if weights and not standard:
+        library, class_name = spec
+        component = getattr(importlib.import_module(library), class_name).from_pretrained(source)
+        component.save_pretrained(target, safe_serialization=True)
+        return
+    for f in files:
+        if f.name.endswith(WEIGHT_SUFFIXES) or f.name.endswith(".index.json"):
+            if not STANDARD_WEIGHTS.match(f.name):
+                continue  # variants (fp16, non_ema) and .bin twins: the folder holds one set of weights
+        shutil.copyfile(f, target / f.name)
+
+
+def folder_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())

@@ -1,0 +1,323 @@
+"""Classifier unlearning end to end: forget a random subset or a class, score UA/RA/TA/MIA, compare to retraining.
+
+Recipe sections used (pipelines/classifier-*.toml): family = "classifier", task = "random" | "class";
+[data] dataset ("digits", "cifar10", "cifar100", "svhn" or an image-folder path), root, image_size,
+batch_size; [forget] fraction, class, seed; [model] arch, path (a trained classifier; empty: train one
+here); [train] the training of the original and of the retrained reference (SFRonConfig fields, run
+through the core loop with remain steps only); [method] name; [sfron] (SFRonConfig fields); [fisher]
+batches (0: one full pass), salun_fraction; [per_method.NAME] overrides of [sfron] for one method
+(settings tuned per method); [eval] retrain, retrained (path), mia_feature, seed; [output] dir.
+
+Every method runs through `erase.core.sfron.unlearn`; `erase.core.baselines.method_spec` says which
+objective and mask it uses, and only those differ.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset, Subset, TensorDataset
+
+from erase.core.baselines import METHODS, method_spec
+from erase.core.io import atomic_write_json, atomic_write_text
+from erase.core.saliency import mask_stats, save_mask
+from erase.core.sfron import SFRonConfig, unlearn
+from erase.errors import UserError
+from erase.eval.report import format_table, save_loss_plot
+from erase.eval.unlearning import METRICS, MIA_FEATURES, gaps, unlearning_metrics
+from erase.families import classifier as family
+from erase.recipes import resolve_path, to_toml
+
+TASKS = ("random", "class")
+
+
+@dataclass
+class Setup:
+    """Everything the methods share: data splits, the original model, the reference metrics."""
+
+    task: str
+    num_classes: int
+    train: Dataset
+    test: Dataset
+    forget_indices: torch.Tensor
+    remain_indices: torch.Tensor
+    test_kept: Dataset  # TA's test set: all of it, or the remaining classes for class-wise forgetting
+    original: torch.nn.Module
+    batch_size: int
+    fisher_batches: int | None
+    salun_fraction: float
+    mia_feature: str
+    eval_seed: int
+    original_metrics: dict = field(default_factory=dict)
+    retrained_metrics: dict | None = None
+    retrained: torch.nn.Module | None = None
+    trained_here: bool = False
+    seconds_setup: float = 0.0
+
+    @property
+    def forget_set(self) -> Dataset:
+        return Subset(self.train, self.forget_indices.tolist())
+
+    @property
+    def remain_set(self) -> Dataset:
+        return Subset(self.train, self.remain_indices.tolist())
+
+
+def run(recipe: dict, show_progress: bool = True) -> dict:
+    """Run a classifier-unlearning recipe; returns the metrics written to OUT/metrics.json."""
+    started = time.perf_counter()
+    out_dir = output_dir(recipe)
+    method = recipe.get("method", {}).get("name", "sfron")
+    if method not in METHODS:
+        raise UserError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    config = method_config(recipe, method)
+    setup = prepare(recipe, show_progress=show_progress)
+
+    model, metrics, history, mask = run_method(setup, method, config, show_progress=show_progress)
+    metrics["seconds_total"] = round(time.perf_counter() - started, 2)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    family.save_classifier(model.cpu(), out_dir / "model.safetensors")
+    if setup.trained_here:
+        family.save_classifier(setup.original.cpu(), out_dir / "original.safetensors")
+    if setup.retrained is not None:
+        family.save_classifier(setup.retrained.cpu(), out_dir / "retrained.safetensors")
+    if mask is not None:
+        save_mask(mask, out_dir / "mask.safetensors", metadata={"method": method, "gamma": str(config.gamma)})
+        atomic_write_json(mask_stats(mask), out_dir / "mask_stats.json")
+    save_loss_plot(history, out_dir / "loss.png", title=f"{method}: forgetting {describe_forget(recipe)}")
+    atomic_write_json({**metrics, "history": history}, out_dir / "metrics.json")
+    atomic_write_text(to_toml(recipe), out_dir / "config.toml")
+    return metrics
+
+
+def prepare(recipe: dict, show_progress: bool = True) -> Setup:
+    """Load data, split it, get the original model (load or train) and, when asked, the retrained one.
+
+    Every user mistake is raised as a UserError here, before anything is written.
+    """
+    started = time.perf_counter()
+    task = recipe.get("task", "random")
+    if task not in TASKS:
+        raise UserError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+    data_cfg, forget_cfg = recipe.get("data", {}), recipe.get("forget", {})
+    model_cfg, eval_cfg, fisher_cfg = recipe.get("model", {}), recipe.get("eval", {}), recipe.get("fisher", {})
+    train_config = sfron_config(recipe.get("train", {}), "train")
+    mia_feature = eval_cfg.get("mia_feature", "confidence")
+    if mia_feature not in MIA_FEATURES:
+        raise UserError(f"eval.mia_feature must be one of {', '.join(MIA_FEATURES)}, got {mia_feature!r}")
+    salun_fraction = float(fisher_cfg.get("salun_fraction", 0.5))
+    if not 0 < salun_fraction <= 1:
+        raise UserError(f"fisher.salun_fraction must be in (0, 1], got {salun_fraction}")
+    batch_size = int(data_cfg.get("batch_size", 64))
+    if batch_size < 1:
+        raise UserError(f"data.batch_size must be at least 1, got {batch_size}")
+    retrained_path = eval_cfg.get("retrained") or None
+    model_path = model_cfg.get("path") or None
+    for path in (model_path, retrained_path):
+        if path and not resolve_path(path).is_file():
+            raise UserError(f"no such classifier weights: {path}")
+
+    train, test, num_classes, labels = open_datasets(data_cfg)
+    forget_indices, remain_indices = split(task, forget_cfg, labels, num_classes)
+    test_kept = test
+    if task == "class":
+        test_labels = dataset_labels(test)
+        test_kept = Subset(test, (test_labels != int(forget_cfg["class"])).nonzero().flatten().tolist())
+
+    in_channels, image_size = train[0][0].shape[0], train[0][0].shape[-1]
+    arch = model_cfg.get("arch", "digit-cnn" if data_cfg.get("dataset", "digits") == "digits" else "resnet18")
+    if arch not in family.ARCHITECTURES:
+        raise UserError(f"model.arch must be one of {', '.join(family.ARCHITECTURES)}, got {arch!r}")
+    fisher_batches = int(fisher_cfg.get("batches", 0)) or None
+    setup = Setup(
+        task=task, num_classes=num_classes, train=train, test=test, forget_indices=forget_indices,
+        remain_indices=remain_indices, test_kept=test_kept, original=None, batch_size=batch_size,
+        fisher_batches=fisher_batches, salun_fraction=salun_fraction, mia_feature=mia_feature,
+        eval_seed=int(eval_cfg.get("seed", 0)),
+    )
+    if model_path:
+        setup.original = load_model(model_path, num_classes)
+    else:
+        fresh = fresh_model(arch, num_classes, in_channels, image_size, train_config.seed)
+        setup.original = family.fit(fresh, family.batches(train, batch_size, train_config.seed), train_config, show_progress)
+        setup.trained_here = True
+    setup.original_metrics = evaluate(setup.original, setup)
+    if retrained_path:
+        setup.retrained = load_model(retrained_path, num_classes)
+    elif eval_cfg.get("retrain", False):
+        fresh = fresh_model(arch, num_classes, in_channels, image_size, train_config.seed)
+        setup.retrained = family.fit(
+            fresh, family.batches(setup.remain_set, batch_size, train_config.seed), train_config, show_progress
+        )
+    if setup.retrained is not None:
+        setup.retrained_metrics = evaluate(setup.retrained, setup)
+    setup.seconds_setup = round(time.perf_counter() - started, 2)
+    return setup
+
+
+def run_method(setup: Setup, method: str, config: SFRonConfig, show_progress: bool = True):
+    """Unlearn a copy of the original with one method; returns (model, metrics, history, mask)."""
+    spec = method_spec(method)
+    model = copy.deepcopy(setup.original)
+    torch.manual_seed(config.seed)
+    started = time.perf_counter()
+    forget_batches = family.batches(setup.forget_set, setup.batch_size, config.seed)
+    remain_batches = family.batches(setup.remain_set, setup.batch_size, config.seed + 1)
+    mask, _ = family.method_mask(
+        spec, model, forget_batches, remain_batches, config, setup.fisher_batches, setup.salun_fraction
+    )
+    objective = family.forget_objective(spec, config, setup.num_classes)
+    history = unlearn(
+        model, objective, family.cross_entropy_loss, forget_batches, remain_batches, config, mask=mask,
+        show_progress=show_progress,
+    )
+    seconds = time.perf_counter() - started
+    metrics = {
+        "family": "classifier",
+        "task": setup.task,
+        "method": method,
+        "steps": config.steps,
+        **evaluate(model, setup),
+        "seconds": round(seconds, 2),
+        "mask_fraction": mask_stats(mask)["fraction"] if mask is not None else 1.0,
+        "forget_size": len(setup.forget_indices),
+        "remain_size": len(setup.remain_indices),
+        "original": setup.original_metrics,
+        "seconds_setup": setup.seconds_setup,
+        "config": config.to_dict(),
+    }
+    if setup.retrained_metrics is not None:
+        per_metric, average = gaps(metrics, setup.retrained_metrics)
+        metrics.update(retrained=setup.retrained_metrics, gap=per_metric, avg_gap=average)
+        metrics["original"] = {**setup.original_metrics, "avg_gap": gaps(setup.original_metrics, setup.retrained_metrics)[1]}
+    return model, metrics, history, mask
+
+
+def evaluate(model: torch.nn.Module, setup: Setup) -> dict[str, float]:
+    """UA, RA, TA, MIA of one model on this setup's splits."""
+    forget = family.probabilities(model, setup.forget_set)
+    remain = family.probabilities(model, setup.remain_set)
+    test = family.probabilities(model, setup.test)
+    kept = family.probabilities(model, setup.test_kept) if setup.test_kept is not setup.test else None
+    return unlearning_metrics(forget, remain, test, setup.mia_feature, setup.eval_seed, test_for_accuracy=kept)
+
+
+# --- recipe pieces -------------------------------------------------------------------------------
+
+
+def open_datasets(data_cfg: dict) -> tuple[Dataset, Dataset, int, torch.Tensor]:
+    """(train set, test set, number of classes, train labels) for digits or a dataset on disk."""
+    name = str(data_cfg.get("dataset", "digits"))
+    if name == "digits":
+        from erase.data.digits import NUM_CLASSES, load_digits_tensors
+
+        train_images, train_labels = load_digits_tensors("train")
+        test_images, test_labels = load_digits_tensors("test")
+        return TensorDataset(train_images, train_labels), TensorDataset(test_images, test_labels), NUM_CLASSES, train_labels
+    from erase.data.images import open_image_dataset
+
+    size = int(data_cfg.get("image_size", 0)) or None
+    root = data_cfg.get("root") or None
+    folder = Path(name)
+    if folder.is_dir() and not ((folder / "train").is_dir() and (folder / "test").is_dir()):
+        raise UserError(f"{name} needs train/ and test/ sub-folders, each with one folder per class")
+    train = open_image_dataset(name, "train", image_size=size, root=root)
+    test = open_image_dataset(name, "test", image_size=size, root=root)
+    if len(train) == 0 or len(test) == 0:
+        raise UserError(f"{name} has an empty train or test split")
+    if list(train.classes) != list(test.classes):
+        raise UserError(f"{name}: the train and test splits name different classes")
+    return train, test, len(train.classes), dataset_labels(train)
+
+
+def dataset_labels(dataset: Dataset) -> torch.Tensor:
+    if isinstance(dataset, TensorDataset):
+        return dataset.tensors[1]
+    from erase.data.images import dataset_labels as image_labels
+
+    return image_labels(dataset)
+
+
+def split(task: str, forget_cfg: dict, labels: torch.Tensor, num_classes: int):
+    """Forget/remain indices of the training set for a random subset or a class."""
+    seed = int(forget_cfg.get("seed", 0))
+    if task == "random":
+        fraction = float(forget_cfg.get("fraction", 0.1))
+        try:
+            return family.random_forget_split(len(labels), fraction, seed)
+        except ValueError as error:
+            raise UserError(f"--fraction: {error}") from None
+    if "class" not in forget_cfg:
+        raise UserError("class-wise forgetting needs a class to forget (--forget-class K)")
+    forget_class = int(forget_cfg["class"])
+    if not 0 <= forget_class < num_classes:
+        raise UserError(f"--forget-class must be in [0, {num_classes - 1}], got {forget_class}")
+    try:
+        return family.class_forget_split(labels, forget_class)
+    except ValueError as error:
+        raise UserError(str(error)) from None
+
+
+def method_config(recipe: dict, method: str) -> SFRonConfig:
+    """[sfron], with the recipe's [per_method.<method>] values on top."""
+    overrides = recipe.get("per_method", {}).get(method, {})
+    if "steps" in overrides:
+        raise UserError(f"per_method.{method} may not set steps: every method gets the same step budget")
+    return sfron_config({**recipe.get("sfron", {}), **overrides}, f"sfron + per_method.{method}" if overrides else "sfron")
+
+
+def sfron_config(values: dict, section: str) -> SFRonConfig:
+    try:
+        config = SFRonConfig.from_dict(dict(values))
+        config.validate()
+    except (TypeError, ValueError) as error:
+        raise UserError(f"[{section}] {error}") from None
+    return config
+
+
+def fresh_model(arch: str, num_classes: int, in_channels: int, image_size: int, seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return family.build_classifier(arch, num_classes, in_channels, image_size)
+
+
+def load_model(path, num_classes: int) -> torch.nn.Module:
+    try:
+        model = family.load_classifier(resolve_path(path))
+    except Exception as error:  # a file that is not one of our safetensors classifiers
+        raise UserError(f"cannot load a classifier from {path}: {str(error).splitlines()[0]}") from None
+    if model.config.get("num_classes") != num_classes:
+        raise UserError(f"{path} predicts {model.config.get('num_classes')} classes; the dataset has {num_classes}")
+    return model
+
+
+def output_dir(recipe: dict) -> Path:
+    out_dir = Path(recipe.get("output", {}).get("dir", "runs/classifier"))
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"output {out_dir} exists and is not a folder")
+    return out_dir
+
+
+def describe_forget(recipe: dict) -> str:
+    forget = recipe.get("forget", {})
+    if recipe.get("task", "random") == "class":
+        return f"class {forget.get('class')}"
+    return f"a random {float(forget.get('fraction', 0.1)):.0%} of the training set"
+
+
+def summary_table(metrics: dict) -> str:
+    """Original vs unlearned (vs retrained) on each metric, in percent."""
+    header = ("metric", "original", metrics["method"]) + (("retrained", "gap") if "gap" in metrics else ())
+    rows = []
+    for name in METRICS:
+        row = (name.upper(), 100 * metrics["original"][name], 100 * metrics[name])
+        if "gap" in metrics:
+            row += (100 * metrics["retrained"][name], 100 * metrics["gap"][name])
+        rows.append(row)
+    if "avg_gap" in metrics:
+        rows.append(("avg gap", 100 * metrics["original"]["avg_gap"], 100 * metrics["avg_gap"], "-", "-"))
+    return format_table(rows, header)

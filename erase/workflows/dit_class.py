@@ -1,0 +1,223 @@
+"""Forget one ImageNet class of a DiT (DiTPipeline), evaluate before and after, export the erased pipeline.
+
+Same shape as the DDPM class workflow (and its Fisher/mask/objective helpers): only the transformer
+is unlearned; the VAE stays frozen and encodes the forget/remain images once into cached latents.
+
+Recipe sections: [model] path | random_init, preset, device; [forget] class (id or name);
+[data] dataset (an ImageNet-layout folder or "generated"), forget_images, remain_images,
+generated_forget, generated_remain, remain_classes, guidance, inference_steps, batch_size,
+reuse_latents; [method]; [sfron]; [fisher] batches; [eval] classifier, arch, normalize, classes,
+forget_samples, samples_per_class, guidance, inference_steps, fid, fid_features,
+inception_weights, fid_reference; [output] dir.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from erase.core.baselines import method_spec
+from erase.core.io import atomic_directory, atomic_save_tensors, atomic_write_json, atomic_write_text
+from erase.core.saliency import mask_stats
+from erase.core.sfron import unlearn
+from erase.errors import UserError
+from erase.eval.report import format_table, save_grid, save_loss_plot
+from erase.families import ddpm, dit
+from erase.recipes import to_toml
+from erase.workflows.ddpm_class import build_mask, forget_objective, resolve_output, sfron_config
+
+# Classes shown and scored besides the forgotten one (the official visualisation classes).
+DEFAULT_EVAL_CLASSES = [207, 360, 387, 972, 89, 979, 417, 279, 270, 980]
+
+
+def run(recipe: dict, show_progress: bool = True) -> dict:
+    """Run a DiT class-forgetting recipe end to end; returns the metrics written to metrics.json."""
+    started = time.perf_counter()
+    recipe.setdefault("output", {}).setdefault("dir", "runs/dit-class")
+    out_dir = resolve_output(recipe)
+    spec = method_spec(recipe.get("method", {}).get("name", "sfron"))
+    config = sfron_config(recipe)
+    torch.manual_seed(config.seed)
+
+    pipeline = dit.load_or_build_pipeline(recipe.get("model", {}))
+    forget_class = dit.class_id(pipeline, recipe["forget"]["class"])
+    transformer = pipeline.transformer
+    dataset = open_training_folder(recipe, pipeline, forget_class)  # bad data fails before any work
+    evaluator = make_evaluator(recipe, pipeline, forget_class)
+
+    before = evaluator.evaluate(pipeline, "before")
+    erase_started = time.perf_counter()
+    (f_latents, f_labels), (r_latents, r_labels) = cached_latents(recipe, pipeline, forget_class, out_dir, dataset)
+    batch_size = int(recipe.get("data", {}).get("batch_size", 1))
+    forget_batches = ddpm.batches(f_latents, f_labels, batch_size, config.seed)
+    remain_batches = ddpm.batches(r_latents, r_labels, batch_size, config.seed + 1)
+    loss_fn = dit.epsilon_loss(pipeline.scheduler)
+
+    transformer.requires_grad_(True)
+    dropout = dit.set_label_dropout(transformer, 0.0)  # always condition on the real class
+    try:
+        mask = build_mask(spec.mask, recipe, transformer, loss_fn, forget_batches, remain_batches, config, out_dir)
+        stats = mask_stats(mask) if mask is not None else None
+        objective = forget_objective(spec, loss_fn, config, forget_class, dit.NULL_CLASS)
+        history = unlearn(transformer, objective, loss_fn, forget_batches, remain_batches, config, mask=mask,
+                          show_progress=show_progress)
+    finally:
+        dit.restore_label_dropout(transformer, dropout)
+        transformer.requires_grad_(False)
+    transformer.eval()
+    erase_seconds = time.perf_counter() - erase_started
+
+    after = evaluator.evaluate(pipeline, "after")
+    with atomic_directory(out_dir / "model") as model_dir:
+        pipeline.save_pretrained(model_dir)
+    save_grid(before.pop("grid"), out_dir / "grid_before.png", nrow=evaluator.grid_columns, scale=1)
+    save_grid(after.pop("grid"), out_dir / "grid_after.png", nrow=evaluator.grid_columns, scale=1)
+    save_loss_plot(history, out_dir / "loss.png", title=f"{spec.name}: forgetting ImageNet class {forget_class}")
+    metrics = {
+        "family": "dit",
+        "method": spec.name,
+        "forgotten_class": forget_class,
+        "forgotten_class_name": dit.class_name(pipeline, forget_class),
+        "steps": config.steps,
+        "seconds": round(time.perf_counter() - started, 2),
+        "seconds_erase": round(erase_seconds, 2),
+        "mask_fraction": stats["fraction"] if stats else 1.0,
+        "forget_latents": len(f_labels),
+        "remain_latents": len(r_labels),
+        "before": before,
+        "after": after,
+        "history": history,
+    }
+    atomic_write_json(metrics, out_dir / "metrics.json")
+    if stats:
+        atomic_write_json(stats, out_dir / "mask_stats.json")
+    atomic_write_text(to_toml(recipe), out_dir / "config.toml")
+    return metrics
+
+
+def make_evaluator(recipe: dict, pipeline, forget_class: int):
+    """FA/accuracy with the user's ImageNet classifier on generated images of the forgotten class and of
+    `eval.classes`; FID of those classes against real images (eval.fid_reference, an ImageNet-layout folder)."""
+    from erase.eval.class_forgetting import ClassForgettingEvaluator, load_reference
+
+    cfg = recipe.get("eval", {})
+    eval_classes = [int(k) for k in cfg.get("classes", DEFAULT_EVAL_CLASSES)]
+    size = dit.image_size(pipeline)
+    reference = None
+    if cfg.get("fid_reference") and cfg.get("fid", True):
+        dataset = dit.imagenet_folder(cfg["fid_reference"], split=cfg.get("fid_reference_split", "val"), size=size)
+        reference = load_reference(dataset, forget_class, int(cfg.get("reference_images", 5000)), size,
+                                   classes=[k for k in eval_classes if k != forget_class])
+    guidance, steps = float(cfg.get("guidance", 4.0)), int(cfg.get("inference_steps", 50))
+    batch_size = int(cfg.get("batch_size", 32))
+
+    def generate(pipe, labels, seed):
+        return dit.sample(pipe, labels, guidance, steps, seed=seed, batch_size=batch_size)
+
+    return ClassForgettingEvaluator(cfg, dit.NULL_CLASS, forget_class, generate, reference, eval_classes)
+
+
+def open_training_folder(recipe: dict, pipeline, forget_class: int):
+    """The ImageNet-layout folder of real forget/remain images (None: self-generated), checked early."""
+    source = str(recipe.get("data", {}).get("dataset", "generated"))
+    if source == "generated":
+        return None
+    dataset = dit.imagenet_folder(source, split="train", size=dit.image_size(pipeline))
+    targets = torch.as_tensor(dataset.targets)
+    if not (targets == forget_class).any():
+        raise UserError(f"{source} has no images of class {forget_class}")
+    if (targets == forget_class).all():
+        raise UserError(f"{source} has no images of other classes than {forget_class} (the remain set)")
+    return dataset
+
+
+def cached_latents(recipe: dict, pipeline, forget_class: int, out_dir: Path, dataset=None):
+    """((forget latents, labels), (remain latents, labels)), encoded once by the VAE and kept in
+    OUT/latents.safetensors; `data.reuse_latents = true` reads them back when they match the recipe."""
+    data = recipe.get("data", {})
+    path = out_dir / "latents.safetensors"
+    settings = {k: v for k, v in data.items() if k not in ("reuse_latents", "batch_size")}
+    key = json.dumps({"forget_class": forget_class, "size": dit.image_size(pipeline), **settings}, sort_keys=True)
+    if data.get("reuse_latents", False) and path.exists():
+        with safe_open(str(path), framework="pt") as f:
+            if (f.metadata() or {}).get("key") == key:
+                t = load_file(str(path))
+                return (t["forget_latents"], t["forget_labels"]), (t["remain_latents"], t["remain_labels"])
+    (f_latents, f_labels), (r_latents, r_labels) = training_latents(data, pipeline, forget_class, dataset)
+    tensors = {"forget_latents": f_latents, "forget_labels": f_labels, "remain_latents": r_latents,
+               "remain_labels": r_labels}
+    atomic_save_tensors({k: v.contiguous() for k, v in tensors.items()}, path, metadata={"key": key})
+    return (f_latents, f_labels), (r_latents, r_labels)
+
+
+def training_latents(data: dict, pipeline, forget_class: int, dataset=None):
+    """Latents of forget images (the class) and remain images (other classes): real ones from an
+    ImageNet-layout folder, or the model's own guided samples. Images are made and encoded chunk by
+    chunk, so thousands of 256×256 images never sit in memory at once."""
+    seed = int(data.get("seed", 0))
+    generator = torch.Generator().manual_seed(seed)
+    chunk = int(data.get("sample_batch_size", 32))
+    source = str(data.get("dataset", "generated"))
+    if source == "generated":
+        classes = data.get("remain_classes") or None
+        if classes is None:
+            others = torch.tensor([k for k in range(dit.NULL_CLASS) if k != forget_class])
+            count = int(data.get("generated_remain_classes", 100))
+            classes = others[torch.randperm(len(others), generator=generator)[:count]].tolist()
+        classes = torch.as_tensor([int(k) for k in classes if int(k) != forget_class])
+        n_forget, n_remain = int(data.get("generated_forget", 256)), int(data.get("generated_remain", 1024))
+        f_labels = torch.full((n_forget,), forget_class)
+        r_labels = classes[torch.arange(n_remain) % len(classes)]
+        guidance, steps = float(data.get("guidance", 4.0)), int(data.get("inference_steps", 50))
+
+        def images_for(labels, offset):
+            return lambda i, part: dit.sample(pipeline, labels[part], guidance, steps, seed=seed + offset + i,
+                                              batch_size=chunk)
+
+        return ((encode_in_chunks(pipeline, images_for(f_labels, 100), len(f_labels), chunk, seed), f_labels),
+                (encode_in_chunks(pipeline, images_for(r_labels, 100_000), len(r_labels), chunk, seed + 1), r_labels))
+    from erase.data.images import dataset_labels, load_class_tensors
+
+    dataset = dataset or open_training_folder({"data": data}, pipeline, forget_class)
+    labels = dataset_labels(dataset)
+    forget_idx = ddpm.pick_per_class(labels, int(data.get("forget_images", 1300)), seed, classes=[forget_class])
+    other = (labels != forget_class).nonzero().flatten()
+    remain_idx = other[torch.randperm(len(other), generator=generator)[: int(data.get("remain_images", 5000))]]
+    remain_idx = remain_idx.sort().values
+
+    def images_at(indices):
+        return lambda i, part: load_class_tensors(dataset, indices[part])[0]
+
+    return ((encode_in_chunks(pipeline, images_at(forget_idx), len(forget_idx), chunk, seed), labels[forget_idx]),
+            (encode_in_chunks(pipeline, images_at(remain_idx), len(remain_idx), chunk, seed + 1), labels[remain_idx]))
+
+
+def encode_in_chunks(pipeline, make_images, count: int, chunk: int, seed: int) -> torch.Tensor:
+    """Latents of `count` images; make_images(i, slice) gives chunk i as [-1, 1] images."""
+    from tqdm.auto import tqdm
+
+    out = []
+    for i, start in enumerate(tqdm(range(0, count, chunk), desc="encoding latents", leave=False)):
+        images = make_images(i, slice(start, start + chunk))
+        out.append(dit.encode(pipeline.vae, images, batch_size=chunk, seed=seed * 1_000_003 + i))
+    return torch.cat(out)
+
+
+def summary_table(metrics: dict) -> str:
+    b, a = metrics["before"], metrics["after"]
+    name = f" {metrics['forgotten_class_name']}" if metrics.get("forgotten_class_name") else ""
+
+    def cell(value):
+        return "-" if value is None else value
+
+    rows = [
+        (f"FA (class {metrics['forgotten_class']}{name})", cell(b["fa"]), cell(a["fa"])),
+        ("remaining accuracy", cell(b["remaining_accuracy"]), cell(a["remaining_accuracy"])),
+        (f"FID (remaining, {b.get('fid_features') or 'none'})", cell(b["fid"]), cell(a["fid"])),
+    ]
+    return format_table(rows, ("metric", "before", "after"))

@@ -1,0 +1,423 @@
+"""Erase a concept from a Stable Diffusion 1.x UNet, measure before and after, export folder + patch.
+
+Steps: the model generates its own forget images (forget prompts) and remain images (remain
+prompts), cached in the run folder; they are encoded to latents and the prompts to embeddings
+once; Fisher diagonals (ε-loss) give the forget-remain balanced mask; the SFR-on loop runs with
+the concept-mapping forget loss (or another method's); the erased pipeline is written as a plain
+diffusers folder plus a patch of the changed UNet weights.
+
+Recipe sections: [model] path; [forget] prompts, prompts_file, anchor; [remain] prompts,
+prompts_file; [data] num_images, batch_size, guidance, inference_steps, height, width,
+generate_batch_size, seed; [method] name, forget_loss, train, remain_steps, confine_to_mask,
+negative_guidance; [sfron] (SFRonConfig); [fisher] batches, reuse, salun_fraction;
+[eval] samples, seed, guidance, inference_steps, nudenet, threshold; [output] dir.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from torch.utils.data import DataLoader, TensorDataset
+
+from erase.core.baselines import MethodSpec, method_spec
+from erase.core.fisher import fisher_diagonal, load_fisher, save_fisher
+from erase.core.io import atomic_write_json, atomic_write_text
+from erase.core.losses import ascent_objective, descent_objective
+from erase.core.saliency import gradient_saliency_mask, mask_stats, saliency_mask, save_mask
+from erase.core.sfron import SFRonConfig, unlearn
+from erase.data.prompts import expand_prompts, prompt_rows, read_prompts
+from erase.errors import UserError
+from erase.eval.report import format_table, save_grid, save_loss_plot
+from erase.families import sd
+from erase.patch import save_patch
+from erase.recipes import resolve_path, to_toml
+
+METHODS = ("sfron", "ga", "rl", "salun", "esd")
+FORGET_LOSSES = ("mapping", "ascent", "adaptive")
+DEFAULT_FORGET_LOSS = {"sfron": "mapping", "rl": "mapping", "salun": "mapping", "ga": "ascent"}
+ESD = MethodSpec("esd", "descent", None, False, "ESD: negative-guidance target from a frozen copy, no mask")
+# SD defaults (official SFR-on SD script): Adam lr 1e-5, forget/remain weight 1, no decay.
+SFRON_DEFAULTS = dict(steps=1000, lr=1e-5, forget_alpha=1.0, remain_alpha=1.0, decay_forget_alpha=False, grad_clip=1.0)
+
+
+def run(recipe: dict, show_progress: bool = True) -> dict:
+    """Run an SD concept-erasure recipe end to end; returns the metrics written to metrics.json."""
+    started = time.perf_counter()
+    settings = Settings(recipe)
+    pipeline, folder = sd.load_pipeline(settings.model)  # a bad model is reported before anything starts
+    accelerator = Accelerator(mixed_precision=settings.config.mixed_precision)
+    pipeline.to(accelerator.device)
+    settings.resolve_size(pipeline)
+    out_dir = settings.out_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(settings.config.seed)
+    unet = pipeline.unet
+    stored_dtype = sd.stored_unet_dtype(folder)
+    base_state = sd.unet_state(unet, stored_dtype)
+
+    # Data: self-generated images (cached), encoded once.
+    with accelerator.autocast():
+        forget_paths = cached_images(pipeline, settings, settings.forget_rows, out_dir / "data" / "forget", show_progress)
+        remain_paths = cached_images(pipeline, settings, settings.remain_rows, out_dir / "data" / "remain", show_progress)
+    size = (settings.height, settings.width)
+    forget_latents = sd.encode_images(pipeline, sd.load_images(forget_paths, size), seed=settings.seed)
+    remain_latents = sd.encode_images(pipeline, sd.load_images(remain_paths, size), seed=settings.seed + 1)
+    prompt_set = sorted({r.prompt for r in settings.forget_rows + settings.remain_rows} | set(settings.anchors) | {""})
+    table = dict(zip(prompt_set, sd.encode_prompts(pipeline, prompt_set)))
+    forget_emb = torch.stack([table[r.prompt] for r in settings.forget_rows])
+    anchor_emb = torch.stack([table[settings.anchors[i % len(settings.anchors)]] for i in range(len(settings.forget_rows))])
+    remain_emb = torch.stack([table[r.prompt] for r in settings.remain_rows])
+    forget_set = TensorDataset(forget_latents, forget_emb, anchor_emb)
+    remain_set = TensorDataset(remain_latents, remain_emb)
+    forget_batches = loader(forget_set, settings.batch_size, settings.config.seed)
+    remain_batches = loader(remain_set, settings.batch_size, settings.config.seed + 1)
+    probe = Probe(forget_set, remain_set, pipeline.scheduler, settings.config.seed)
+
+    before = evaluate(pipeline, settings, probe, accelerator, "before", show_progress)
+
+    erase_started = time.perf_counter()
+    trainable = sd.select_trainable(unet, settings.train)
+    eps_loss = sd.epsilon_loss(pipeline.scheduler)
+    mask = build_mask(settings, unet, eps_loss, forget_batches, remain_batches, accelerator, out_dir, show_progress)
+    stats = mask_stats(mask) if mask is not None else None
+    objective = forget_objective(settings, unet, pipeline.scheduler, eps_loss, table[""])
+    hooks = confine_to_mask(unet, mask) if settings.confine_to_mask else []
+    history = unlearn(
+        unet, objective, eps_loss if settings.remain_steps else None, forget_batches,
+        remain_batches if settings.remain_steps else None, settings.config, mask=mask, accelerator=accelerator,
+        show_progress=show_progress,
+    )
+    for hook in hooks:
+        hook.remove()
+    unet.requires_grad_(False).eval()
+    erase_seconds = time.perf_counter() - erase_started
+
+    after = evaluate(pipeline, settings, probe, accelerator, "after", show_progress)
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        return {"steps": settings.config.steps, "seconds": round(time.perf_counter() - started, 2)}
+    new_state = sd.unet_state(unet, stored_dtype)
+    sd.export_pipeline(folder, new_state, out_dir / "model")
+    patch = save_patch(base_state, new_state, out_dir / "patch.safetensors", base_model=settings.model)
+    write_grids(out_dir)
+    save_loss_plot(history, out_dir / "loss.png", title=f"{settings.method}: erasing {settings.forget_rows[0].prompt!r}")
+    unet_bytes = (out_dir / "model" / "unet" / sd.UNET_WEIGHTS).stat().st_size
+    metrics = {
+        "family": "sd",
+        "method": settings.method,
+        "forget_loss": settings.forget_loss,
+        "train": settings.train,
+        "model": settings.model,
+        "forget_prompts": sorted({r.prompt for r in settings.forget_rows}),
+        "anchor_prompts": settings.anchors,
+        "remain_prompts": sorted({r.prompt for r in settings.remain_rows}),
+        "num_images": {"forget": len(forget_paths), "remain": len(remain_paths)},
+        "steps": settings.config.steps,
+        "seconds": round(time.perf_counter() - started, 2),
+        "seconds_erase": round(erase_seconds, 2),
+        "trainable_weights": trainable,
+        "mask_fraction": stats["fraction"] if stats else 1.0,
+        "patch": {"bytes": patch["bytes"], "unet_bytes": unet_bytes, "changed_weights": patch["changed"],
+                  "changed_fraction": patch["changed_fraction"], "base_sha256": patch["base_sha256"]},
+        "before": before,
+        "after": after,
+        "history": history,
+    }
+    atomic_write_json(metrics, out_dir / "metrics.json")
+    if stats:
+        atomic_write_json(stats, out_dir / "mask_stats.json")
+    atomic_write_text(to_toml(recipe), out_dir / "config.toml")
+    return metrics
+
+
+class Settings:
+    """The recipe, validated up front: every user mistake is reported before anything is written."""
+
+    def __init__(self, recipe: dict):
+        method = recipe.get("method", {})
+        data = recipe.get("data", {})
+        self.model = str(recipe.get("model", {}).get("path", sd.DEFAULT_MODEL))
+        local = resolve_path(self.model)
+        self.model = str(local) if local.exists() else self.model
+        self.method = method.get("name", "sfron")
+        if self.method not in METHODS:
+            raise UserError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        self.spec = ESD if self.method == "esd" else method_spec(self.method)
+        self.forget_loss = "esd" if self.method == "esd" else method.get("forget_loss", DEFAULT_FORGET_LOSS[self.method])
+        if self.method != "esd" and self.forget_loss not in FORGET_LOSSES:
+            raise UserError(f"forget_loss must be one of {', '.join(FORGET_LOSSES)}, got {self.forget_loss!r}")
+        self.train = method.get("train", "full")
+        if self.train not in sd.TRAIN_SELECTIONS:
+            raise UserError(f"train must be one of {', '.join(sd.TRAIN_SELECTIONS)}, got {self.train!r}")
+        self.remain_steps = bool(method.get("remain_steps", self.method != "esd"))
+        self.confine_to_mask = bool(method.get("confine_to_mask", False))
+        if self.confine_to_mask and self.spec.mask is None:
+            raise UserError(f"confine_to_mask needs a method with a mask (sfron, salun), not {self.method}")
+        self.negative_guidance = float(method.get("negative_guidance", 1.0))
+        self.config = sfron_config(recipe)
+        self.fisher = dict(recipe.get("fisher", {}))
+        if self.config.mixed_precision == "fp16" and not torch.cuda.is_available():
+            raise UserError("mixed precision fp16 needs a GPU; use bf16 or no")
+        self.seed = int(data.get("seed", 0))
+        self.num_images = _positive(data.get("num_images", 1000), "data.num_images")
+        self.batch_size = _positive(data.get("batch_size", 2), "data.batch_size")
+        self.generate_batch_size = _positive(data.get("generate_batch_size", 8), "data.generate_batch_size")
+        self.guidance = float(data.get("guidance", 7.5))
+        self.inference_steps = _positive(data.get("inference_steps", 50), "data.inference_steps")
+        self.height, self.width = int(data.get("height", 0) or 0), int(data.get("width", 0) or 0)
+        for name, value in (("height", self.height), ("width", self.width)):
+            if value < 0 or value % 8:
+                raise UserError(f"data.{name} must be a multiple of 8, got {value}")
+        self.forget_rows = expand_prompts(self._rows(recipe.get("forget", {}), "forget"), self.num_images)
+        self.remain_rows = expand_prompts(self._rows(recipe.get("remain", {}), "remain"), self.num_images)
+        anchors = recipe.get("forget", {}).get("anchor", [])
+        self.anchors = [anchors] if isinstance(anchors, str) else [str(a) for a in anchors]
+        if self.forget_loss == "mapping" and (not self.anchors or any(not a.strip() for a in self.anchors)):
+            raise UserError("the mapping loss needs an anchor prompt (--anchor-prompt)")
+        self.anchors = self.anchors or [""]
+        evaluation = recipe.get("eval", {})
+        self.eval_samples = int(evaluation.get("samples", 4))
+        self.eval_seed = int(evaluation.get("seed", 100_000))
+        self.eval_guidance = float(evaluation.get("guidance", self.guidance))
+        self.eval_steps = _positive(evaluation.get("inference_steps", self.inference_steps), "eval.inference_steps")
+        self.nudenet = bool(evaluation.get("nudenet", True))
+        self.threshold = float(evaluation.get("threshold", 0.6))
+        self.out_dir = Path(recipe.get("output", {}).get("dir", "runs/sd"))
+        if self.out_dir.exists() and not self.out_dir.is_dir():
+            raise UserError(f"output {self.out_dir} exists and is not a folder")
+
+    def _rows(self, section: dict, which: str):
+        if section.get("prompts_file"):
+            return read_prompts(resolve_path(section["prompts_file"]))
+        prompts = section.get("prompts", [])
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if not prompts:
+            raise UserError(f"no {which} prompt given (--{which}-prompt)")
+        return prompt_rows([str(p) for p in prompts], seed=self.seed)
+
+    def resolve_size(self, pipeline) -> None:
+        self.height = self.height or sd.default_size(pipeline)
+        self.width = self.width or sd.default_size(pipeline)
+
+
+def _positive(value, name: str) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{name} must be a whole number, got {value!r}") from None
+    if number < 1:
+        raise UserError(f"{name} must be at least 1, got {number}")
+    return number
+
+
+def sfron_config(recipe: dict) -> SFRonConfig:
+    try:
+        config = SFRonConfig.from_dict({**SFRON_DEFAULTS, **dict(recipe.get("sfron", {}))})
+        config.validate()
+    except (TypeError, ValueError) as error:
+        raise UserError(str(error)) from None
+    return config
+
+
+def loader(dataset: TensorDataset, batch_size: int, seed: int) -> DataLoader:
+    return DataLoader(
+        dataset, batch_size=min(batch_size, len(dataset)), shuffle=True, drop_last=True,
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+def cached_images(pipeline, settings: Settings, rows, folder: Path, show_progress: bool, guidance=None, steps=None,
+                  samples: int = 1) -> list[Path]:
+    """Generate (or reuse) one image per row; a manifest ties the folder to what produced it."""
+    manifest = {
+        "model": settings.model, "rows": [[r.prompt, r.seed] for r in rows], "samples": samples,
+        "guidance": guidance or settings.guidance, "steps": steps or settings.inference_steps,
+        "height": settings.height, "width": settings.width,
+    }
+    manifest_path = folder / "manifest.json"
+    if folder.exists() and (not manifest_path.is_file() or json.loads(manifest_path.read_text()) != manifest):
+        shutil.rmtree(folder)  # made by another model or settings: start over
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(manifest, manifest_path)
+    sd.generate_images(
+        pipeline, rows, folder, samples_per_prompt=samples, batch_size=settings.generate_batch_size,
+        num_inference_steps=manifest["steps"], guidance=manifest["guidance"], height=settings.height,
+        width=settings.width, show_progress=show_progress, desc=f"generating {folder.name}",
+    )
+    return [folder / sd.image_name(r, k) for r in rows for k in range(samples)]
+
+
+def build_mask(settings: Settings, unet, eps_loss, forget_batches, remain_batches, accelerator, out_dir: Path, show_progress):
+    """Fisher-balanced saliency (Fisher cached and reused), SalUn gradient top-k, or no mask."""
+    kind = settings.spec.mask
+    if kind is None:
+        return None
+    fisher_cfg = settings.fisher
+    num_batches = int(fisher_cfg.get("batches", 500))
+    torch.manual_seed(settings.config.seed)
+    if kind == "gradient":
+        params = {n: p for n, p in unet.named_parameters() if p.requires_grad}
+        gradients = {n: torch.zeros_like(p) for n, p in params.items()}
+        for i, batch in enumerate(forget_batches):
+            if i >= num_batches:
+                break
+            unet.zero_grad(set_to_none=True)
+            batch = [t.to(accelerator.device) for t in batch]
+            with accelerator.autocast():
+                loss = eps_loss(unet, batch).mean()
+            accelerator.backward(loss)
+            for n, p in params.items():
+                gradients[n] += p.grad.detach()
+        unet.zero_grad(set_to_none=True)
+        return gradient_saliency_mask(gradients, float(fisher_cfg.get("salun_fraction", 0.5)))
+    key = _fisher_key(settings, num_batches)
+    forget_path, remain_path = out_dir / "fisher_forget.safetensors", out_dir / "fisher_remain.safetensors"
+    key_path = out_dir / "fisher.json"
+    reusable = key_path.is_file() and json.loads(key_path.read_text()) == key and forget_path.is_file() and remain_path.is_file()
+    if fisher_cfg.get("reuse", True) and reusable:
+        fisher_forget, fisher_remain = load_fisher(forget_path), load_fisher(remain_path)
+    else:
+        fisher_forget = fisher_diagonal(unet, eps_loss, _on_device(forget_batches, accelerator), accelerator=accelerator,
+                                        num_batches=num_batches, desc="fisher (forget)", show_progress=show_progress)
+        fisher_remain = fisher_diagonal(unet, eps_loss, _on_device(remain_batches, accelerator), accelerator=accelerator,
+                                        num_batches=num_batches, desc="fisher (remain)", show_progress=show_progress)
+        save_fisher(fisher_forget, forget_path)
+        save_fisher(fisher_remain, remain_path)
+        atomic_write_json(key, key_path)
+    mask = saliency_mask(fisher_forget, fisher_remain, settings.config.gamma)
+    save_mask(mask, out_dir / "mask.safetensors", metadata={"gamma": str(settings.config.gamma)})
+    return mask
+
+
+def _fisher_key(settings: Settings, num_batches: int) -> dict:
+    """What the cached Fisher depends on: model, data, trained part, batches, seed."""
+    rows = json.dumps([[r.prompt, r.seed] for r in settings.forget_rows + settings.remain_rows])
+    return {"model": settings.model, "data": hashlib.sha256(rows.encode()).hexdigest(), "train": settings.train,
+            "batches": num_batches, "batch_size": settings.batch_size, "seed": settings.config.seed,
+            "height": settings.height, "width": settings.width}
+
+
+def _on_device(batches, accelerator):
+    for batch in batches:
+        yield [t.to(accelerator.device) for t in batch]
+
+
+def forget_objective(settings: Settings, unet, scheduler, eps_loss, null_embedding):
+    """The forget step's objective: concept mapping (descent), (adaptive) ascent, or ESD's target."""
+    if settings.method == "esd":
+        teacher = copy.deepcopy(unet).requires_grad_(False).eval()
+        return descent_objective(sd.esd_loss(scheduler, teacher, null_embedding.unsqueeze(0), settings.negative_guidance))
+    if settings.forget_loss == "mapping":
+        return descent_objective(sd.mapping_loss(scheduler))
+    temperature = settings.config.temperature if settings.forget_loss == "adaptive" else 0.0
+    return ascent_objective(eps_loss, temperature)
+
+
+def confine_to_mask(unet, mask) -> list:
+    """Gradient hooks that zero every update outside the mask, remain steps included (sparse patches)."""
+    hooks = []
+    for name, p in unet.named_parameters():
+        if p.requires_grad and name in mask:
+            m = mask[name].to(p.device, p.dtype)
+            hooks.append(p.register_hook(lambda grad, m=m: grad * m))
+    return hooks
+
+
+class Probe:
+    """Fixed latents, noise and timesteps: losses comparable before and after erasure.
+
+    forget_gap = ‖ε(x_t, c_f) − ε(x_t, c_a)‖² on forget images (how far the concept is from its
+    anchor); remain_mse = ‖ε(x_t, c_r) − ε‖² on remain images (how well the rest is kept).
+    """
+
+    def __init__(self, forget_set, remain_set, scheduler, seed: int, count: int = 8):
+        generator = torch.Generator().manual_seed(seed + 7)
+        self.scheduler = scheduler
+        self.forget = [t[:count] for t in forget_set.tensors]
+        self.remain = [t[:count] for t in remain_set.tensors]
+        n_f, n_r = len(self.forget[0]), len(self.remain[0])
+        steps = scheduler.config.num_train_timesteps
+        self.forget_noise = torch.randn(self.forget[0].shape, generator=generator)
+        self.forget_t = torch.randint(0, steps, (n_f,), generator=generator)
+        self.remain_noise = torch.randn(self.remain[0].shape, generator=generator)
+        self.remain_t = torch.randint(0, steps, (n_r,), generator=generator)
+
+    @torch.no_grad()
+    def measure(self, unet, accelerator) -> dict:
+        device = accelerator.device
+        latents, forget_emb, anchor_emb = (t.to(device) for t in self.forget)
+        noisy = self.scheduler.add_noise(latents, self.forget_noise.to(device), self.forget_t.to(device))
+        t = self.forget_t.to(device)
+        with accelerator.autocast():
+            eps_f = unet(noisy, t, encoder_hidden_states=forget_emb).sample.float()
+            eps_a = unet(noisy, t, encoder_hidden_states=anchor_emb).sample.float()
+        latents, remain_emb = (x.to(device) for x in self.remain)
+        noise = self.remain_noise.to(device)
+        noisy = self.scheduler.add_noise(latents, noise, self.remain_t.to(device))
+        with accelerator.autocast():
+            eps_r = unet(noisy, self.remain_t.to(device), encoder_hidden_states=remain_emb).sample.float()
+        return {"forget_gap": float(((eps_f - eps_a) ** 2).mean()), "remain_mse": float(((eps_r - noise) ** 2).mean())}
+
+
+def evaluate(pipeline, settings: Settings, probe: Probe, accelerator, name: str, show_progress: bool) -> dict:
+    """Probe losses, sample images from the forget and remain prompts (fixed seeds), NudeNet counts."""
+    pipeline.unet.eval()
+    result = probe.measure(pipeline.unet, accelerator)
+    if settings.eval_samples < 1:
+        return result
+    folders = {}
+    for which, rows in (("forget", settings.forget_rows), ("remain", settings.remain_rows)):
+        unique = {r.prompt: None for r in rows}
+        eval_rows = prompt_rows(list(unique), seed=settings.eval_seed)
+        folder = settings.out_dir / "samples" / name / which
+        if name == "after" and folder.exists():
+            shutil.rmtree(folder)  # the erased model changes from run to run
+        with accelerator.autocast():
+            cached_images(pipeline, settings, eval_rows, folder, show_progress, guidance=settings.eval_guidance,
+                          steps=settings.eval_steps, samples=settings.eval_samples)
+        folders[which] = folder
+    if settings.nudenet:
+        from erase.eval.nudity import evaluate_folder
+
+        for which, folder in folders.items():
+            summary = evaluate_folder(folder, settings.threshold, show_progress=False)
+            result[f"nudity_{which}"] = {k: v for k, v in summary.items() if k != "per_image"}
+    return result
+
+
+def write_grids(out_dir: Path) -> None:
+    """grid_{forget,remain}.png: the before images above the after images, same prompts and seeds."""
+    for which in ("forget", "remain"):
+        rows = []
+        for name in ("before", "after"):
+            folder = out_dir / "samples" / name / which
+            rows.append(sorted(folder.glob("*.png")) if folder.is_dir() else [])
+        if rows[0] and len(rows[0]) == len(rows[1]):
+            images = sd.load_images(rows[0] + rows[1])
+            save_grid(images, out_dir / f"grid_{which}.png", nrow=len(rows[0]), scale=1 if images.shape[-1] >= 128 else 4)
+
+
+def summary_table(metrics: dict) -> str:
+    b, a = metrics["before"], metrics["after"]
+    rows = [
+        ("forget gap ‖ε(c_f) − ε(c_a)‖²", b["forget_gap"], a["forget_gap"]),
+        ("remain ε-MSE", b["remain_mse"], a["remain_mse"]),
+    ]
+    for which in ("forget", "remain"):
+        key = f"nudity_{which}"
+        if key in b and key in a:
+            rows.append((f"NudeNet exposed ({which} prompts)", b[key]["total"], a[key]["total"]))
+            rows.append((f"images with exposure ({which})", f"{b[key]['images_with_exposure']}/{b[key]['images']}",
+                         f"{a[key]['images_with_exposure']}/{a[key]['images']}"))
+    patch = metrics["patch"]
+    table = format_table(rows, ("metric", "before", "after"))
+    return (f"{table}\nmask {metrics['mask_fraction']:.3f} of {metrics['trainable_weights']:,} trained weights; "
+            f"patch {patch['bytes'] / 2**20:.2f} MiB vs UNet {patch['unet_bytes'] / 2**20:.2f} MiB "
+            f"({patch['changed_fraction']:.3f} of weights changed)")

@@ -1,0 +1,89 @@
+"""Every method of the DDPM class workflow runs through the one loop on a tiny DDPM; the bench's bookkeeping."""
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from erase.core.baselines import METHODS, method_spec
+from erase.core.fisher import load_fisher
+from erase.core.saliency import mask_stats, saliency_mask
+from erase.core.sfron import SFRonConfig, unlearn
+from erase.data.digits import load_digits_tensors
+from erase.families import ddpm
+from erase.workflows import ddpm_class
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+import steps_to_forget  # noqa: E402
+
+FORGET_CLASS = 3
+
+
+@pytest.fixture(scope="module")
+def data():
+    images, labels = load_digits_tensors("train")
+    return ddpm.class_split(images, labels, FORGET_CLASS)
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_each_method_runs_two_steps_on_a_tiny_ddpm(name, data, tmp_path):
+    (fi, fl), (ri, rl) = data
+    spec = method_spec(name)
+    unet = ddpm.build_unet("tiny", num_classes=10).requires_grad_(True)
+    before = [p.detach().clone() for p in unet.parameters()]
+    loss_fn = ddpm.epsilon_loss(ddpm.build_scheduler())
+    forget, remain = ddpm.batches(fi, fl, 16, 0), ddpm.batches(ri, rl, 16, 1)
+    settings = {**steps_to_forget.METHOD_SETTINGS[name], "steps": 2, "lr": 1e-3, "gamma": 1.0}
+    config = SFRonConfig.from_dict(settings)
+    recipe = {"fisher": {"batches": 2, "salun_fraction": 0.5}}
+    mask = ddpm_class.build_mask(spec.mask, recipe, unet, loss_fn, forget, remain, config, tmp_path)
+    objective = ddpm_class.forget_objective(spec, loss_fn, config, FORGET_CLASS, 10)
+    history = unlearn(unet, objective, loss_fn, forget, remain, config, mask=mask, show_progress=False)
+
+    assert [r["step"] for r in history] == [1, 2]
+    assert all(("forget_loss" in r) == (spec.forget is not None) and "remain_loss" in r for r in history)
+    assert all(math.isfinite(v) for r in history for k, v in r.items() if k.endswith("_loss"))
+    assert any(not torch.equal(p, b) for p, b in zip(unet.parameters(), before))
+    if spec.mask == "gradient":  # SalUn: the top half of |∇L_f|
+        assert mask_stats(mask)["fraction"] == pytest.approx(0.5, abs=0.01)
+    elif spec.mask == "fisher":  # SFR-on: the Fisher-balanced mask of the cached diagonals
+        expected = saliency_mask(
+            load_fisher(tmp_path / "fisher_forget.safetensors"), load_fisher(tmp_path / "fisher_remain.safetensors"), 1.0
+        )
+        assert all(torch.equal(mask[n], expected[n]) for n in expected)
+        assert 0 < mask_stats(mask)["fraction"] < 1
+    else:
+        assert mask is None
+
+
+def test_bench_gives_every_method_the_recipe_settings_but_its_own_forget_weight():
+    recipe = {"sfron": {"steps": 50, "lr": 1e-3, "forget_alpha": 10.0, "gamma": 3.0, "remain_alpha": 1.0}}
+    runs = steps_to_forget.plan_runs(recipe, ["sfron", "ga", "salun", "ft"], 300, {"ga": 3e-4})
+    by_key = {r["key"]: r["config"] for r in runs}
+    assert [r["key"] for r in runs] == ["sfron-recipe", "sfron", "ga", "salun", "ft"]
+    assert by_key["sfron-recipe"]["steps"] == 50 and by_key["sfron"]["steps"] == 300
+    assert by_key["sfron"]["forget_alpha"] == 10.0 and by_key["salun"]["forget_alpha"] == 1.0
+    assert by_key["salun"]["decay_forget_alpha"] is False and by_key["salun"]["lr"] == 1e-3
+    assert by_key["ga"]["lr"] == 3e-4 and all(c["remain_alpha"] == 1.0 for c in by_key.values())
+    assert "γ 3" in steps_to_forget.describe(runs[1], recipe) and "top 50%" in steps_to_forget.describe(runs[3], recipe)
+
+
+def test_forgotten_needs_both_low_fa_and_kept_accuracy():
+    curve = [
+        {"step": 10, "fa": 0.01, "remaining_accuracy": 0.90},  # forgot, but the other digits suffered
+        {"step": 20, "fa": 0.08, "remaining_accuracy": 0.97},
+        {"step": 30, "fa": 0.05, "remaining_accuracy": 0.96},
+    ]
+    assert steps_to_forget.first_forgotten({"curve": curve}, 0.98)["step"] == 30
+    assert steps_to_forget.first_forgotten({"curve": curve}, 0.99) is None
+
+
+def test_replace_section_keeps_the_other_sections(tmp_path):
+    path = tmp_path / "B.md"
+    path.write_text("# B\n\n## One\nold\n\n## Two\nkeep\n")
+    steps_to_forget.replace_section(path, "## One", "## One\nnew table\n")
+    assert path.read_text() == "# B\n\n## One\nnew table\n\n## Two\nkeep\n"
+    steps_to_forget.replace_section(path, "## Two", "## Two\nlast\n")
+    assert path.read_text().endswith("## Two\nlast\n\n")

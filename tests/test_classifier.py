@@ -1,0 +1,159 @@
+"""Classifier family: splits, relabelling, masks/objectives from the core, models, and `erase classifier`."""
+
+import json
+
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from erase.cli import main
+from erase.core.baselines import method_spec
+from erase.core.sfron import SFRonConfig
+from erase.families.classifier import (
+    DigitCNN,
+    batches,
+    build_classifier,
+    class_forget_split,
+    cross_entropy_loss,
+    forget_objective,
+    load_classifier,
+    method_mask,
+    random_forget_split,
+    random_other_labels,
+    save_classifier,
+)
+
+
+def test_random_split_is_reproducible_by_seed():
+    forget_a, remain_a = random_forget_split(1000, 0.1, seed=3)
+    forget_b, remain_b = random_forget_split(1000, 0.1, seed=3)
+    forget_c, _ = random_forget_split(1000, 0.1, seed=4)
+    assert torch.equal(forget_a, forget_b) and torch.equal(remain_a, remain_b)
+    assert not torch.equal(forget_a, forget_c)
+    assert len(forget_a) == 100 and len(remain_a) == 900
+    assert sorted(forget_a.tolist() + remain_a.tolist()) == list(range(1000))  # a partition
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.0, 0.0001])
+def test_random_split_rejects_empty_sides(fraction):
+    with pytest.raises(ValueError):
+        random_forget_split(100, fraction, seed=0)
+
+
+def test_class_split():
+    labels = torch.tensor([0, 1, 2, 1, 0, 1])
+    forget, remain = class_forget_split(labels, 1)
+    assert forget.tolist() == [1, 3, 5] and remain.tolist() == [0, 2, 4]
+    with pytest.raises(ValueError, match="no training samples"):
+        class_forget_split(labels, 7)
+
+
+def test_random_labels_are_always_another_class():
+    labels = torch.randint(0, 10, (2000,))
+    _, relabelled = random_other_labels(10, seed=0)((None, labels))
+    assert not torch.any(relabelled == labels)
+    assert relabelled.min() >= 0 and relabelled.max() <= 9
+    assert len(relabelled.unique()) == 10
+
+
+def _tiny_problem():
+    torch.manual_seed(0)
+    model = DigitCNN(num_classes=3, width=4)
+    images, labels = torch.randn(24, 1, 8, 8), torch.randint(0, 3, (24,))
+    forget = batches(TensorDataset(images[:8], labels[:8]), 4, seed=0)
+    remain = batches(TensorDataset(images[8:], labels[8:]), 4, seed=1)
+    return model, forget, remain
+
+
+def test_methods_take_their_objective_and_mask_from_the_core():
+    model, forget, remain = _tiny_problem()
+    config = SFRonConfig(gamma=1.0)
+    names = dict(model.named_parameters())
+    for method in ("sfron", "ga", "rl", "salun", "ft"):
+        spec = method_spec(method)
+        objective = forget_objective(spec, config, 3)
+        mask, _ = method_mask(spec, model, forget, remain, config, salun_fraction=0.25)
+        assert (objective is None) == (method == "ft")
+        assert (mask is None) == (method in ("ga", "rl", "ft"))
+        if mask is not None:
+            assert set(mask) == set(names) and all(mask[n].shape == names[n].shape for n in mask)
+        if method == "salun":
+            kept = sum(int(m.sum()) for m in mask.values()) / sum(m.numel() for m in mask.values())
+            assert kept == pytest.approx(0.25, abs=0.01)
+    batch = next(iter(forget))
+    ascent, reported = forget_objective(method_spec("ga"), config, 3)(model, batch)
+    assert ascent.item() == pytest.approx(-cross_entropy_loss(model, batch).mean().item(), rel=1e-5)
+    assert reported.item() == pytest.approx(cross_entropy_loss(model, batch).mean().item(), rel=1e-5)
+
+
+def test_sfron_mask_is_the_fisher_ratio():
+    model, forget, remain = _tiny_problem()
+    strict, (fisher_f, fisher_r) = method_mask(method_spec("sfron"), model, forget, remain, SFRonConfig(gamma=3.0))
+    for name in strict:
+        assert torch.equal(strict[name], (fisher_f[name] + 1e-15) / (fisher_r[name] + 1e-15) >= 3.0)
+
+
+@pytest.mark.parametrize("arch", ["digit-cnn", "resnet18"])
+def test_save_and_load_round_trip(tmp_path, arch):
+    torch.manual_seed(0)
+    model = build_classifier(arch, num_classes=4, in_channels=1, image_size=8).eval()
+    save_classifier(model, tmp_path / "c.safetensors")
+    loaded = load_classifier(tmp_path / "c.safetensors")
+    x = torch.randn(2, 1, 8, 8)
+    assert type(loaded) is type(model)
+    assert torch.allclose(loaded(x), model(x), atol=1e-6)
+
+
+# --- the command ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--dataset", "digits", "--forget", "class", "--forget-class", "12"], "--forget-class must be in [0, 9]"),
+        (["--dataset", "digits", "--forget", "random", "--fraction", "1.5"], "--fraction must be between 0 and 1"),
+        (["--dataset", "/no/such/folder", "--forget", "random"], "neither digits"),
+        (["--dataset", "cifar10", "--forget", "random", "--data-root", "{tmp}/empty"], "nothing is downloaded"),
+        (["--dataset", "digits", "--forget", "random", "--model", "{tmp}/missing.safetensors"], "no such classifier"),
+        (["--dataset", "digits", "--forget", "random", "--set", "sfron.lr=-1"], "lr must be > 0"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, argv, message):
+    out = tmp_path / "run"
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    assert main(["classifier", *argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_classifier_command_end_to_end_on_digits(tmp_path, capsys):
+    """A short run with --retrain: every method's metrics.json has the four metrics and the gaps."""
+    out = tmp_path / "run"
+    code = main([
+        "classifier", "--dataset", "digits", "--forget", "class", "--forget-class", "3", "--method", "sfron",
+        "--steps", "10", "--retrain", "--out", str(out), "--set", "train.steps=40",
+    ])
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    for name in ("ua", "ra", "ta", "mia", "seconds", "avg_gap"):
+        assert isinstance(metrics[name], float), name
+    assert set(metrics["gap"]) == {"ua", "ra", "ta", "mia"}
+    assert metrics["avg_gap"] == pytest.approx(sum(metrics["gap"].values()) / 4)
+    assert metrics["gap"]["ua"] == pytest.approx(abs(metrics["ua"] - metrics["retrained"]["ua"]))
+    assert metrics["retrained"]["ua"] == 1.0  # never trained on digit 3: it cannot name it
+    assert 0 < metrics["mask_fraction"] < 1 and len(metrics["history"]) == 10
+    for name in ("model.safetensors", "original.safetensors", "retrained.safetensors", "mask.safetensors", "config.toml"):
+        assert (out / name).is_file(), name
+    assert "UA" in capsys.readouterr().out
+    model = load_classifier(out / "model.safetensors")
+    assert isinstance(model, DigitCNN)
+
+    # the same original, a baseline, no retraining: no gap keys; ga changes no mask
+    code = main([
+        "classifier", "--dataset", "digits", "--forget", "random", "--fraction", "0.1", "--method", "ga",
+        "--steps", "5", "--model", str(out / "original.safetensors"), "--out", str(tmp_path / "ga"),
+    ])
+    assert code == 0
+    metrics = json.loads((tmp_path / "ga" / "metrics.json").read_text())
+    assert "gap" not in metrics and metrics["mask_fraction"] == 1.0 and metrics["forget_size"] == 144
