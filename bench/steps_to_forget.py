@@ -94,8 +94,14 @@ def evaluate(evaluator, pipeline) -> dict:
     return {k: result[k] for k in ("fa", "remaining_accuracy", "fid")}
 
 
-def run_one(run: dict, recipe: dict, evaluator, every: int, work_dir: Path, show_progress: bool) -> dict:
-    """Erase with one method, evaluating every `every` steps; times exclude the evaluations."""
+def evaluation_due(step: int, last: int, schedule: tuple[int, int, int]) -> bool:
+    """Every `every` steps up to `late_from`, then every `every_late` steps, and at the last step."""
+    every, late_from, every_late = schedule
+    return step == last or (step % every == 0 if step <= late_from else step % every_late == 0)
+
+
+def run_one(run: dict, recipe: dict, evaluator, schedule: tuple[int, int, int], work_dir: Path, show_progress: bool) -> dict:
+    """Erase with one method, evaluating on `schedule`; times exclude the evaluations."""
     spec = method_spec(run["method"])
     config = SFRonConfig.from_dict(run["config"])
     forget_class = int(recipe["forget"]["class"])
@@ -120,7 +126,7 @@ def run_one(run: dict, recipe: dict, evaluator, every: int, work_dir: Path, show
     curve, eval_seconds = [], [0.0]
 
     def on_step(step, model, record):
-        if step % every and step != config.steps:
+        if not evaluation_due(step, config.steps, schedule):
             return
         start = time.perf_counter()
         point = {"step": step, "train_seconds": record["seconds"] - eval_seconds[0], **evaluate(evaluator, pipeline)}
@@ -154,7 +160,8 @@ def markdown(results: list[dict], before: dict, args, command: str, minutes: flo
         "",
         f"Command: `{command}` — {minutes:.0f} min on this machine ({platform.machine()}, "
         f"{torch.get_num_threads()} torch threads, CPU shared with other jobs). Recipe `{args.recipe}` "
-        f"(forget digit {args.forget_class}); evaluation every {args.every} steps up to {args.budget}: "
+        f"(forget digit {args.forget_class}); {args.budget} steps per method, evaluated every {args.every} steps "
+        f"up to step {args.late_from}, then every {args.every_late}: "
         f"{args.forget_samples} images of the forgotten digit and {args.per_class} of each other digit, "
         f"DDIM {args.inference_steps} steps, guidance {args.guidance:g}, fixed seeds; FID of the remaining digits "
         "against the real ones on the digit classifier's features (small samples: compare FIDs across rows, "
@@ -242,9 +249,11 @@ def main(argv=None) -> int:
     parser.add_argument("--recipe", default="pipelines/digits-ddpm-class.toml")
     parser.add_argument("--methods", default="sfron,ga,rl,salun,ft")
     parser.add_argument("--budget", type=int, default=300, help="steps per method")
-    parser.add_argument("--every", type=int, default=10, help="evaluate every k steps")
+    parser.add_argument("--every", type=int, default=10, help="evaluate every k steps ...")
+    parser.add_argument("--late-from", type=int, default=100, help="... up to this step ...")
+    parser.add_argument("--every-late", type=int, default=50, help="... and every k' steps after it")
     parser.add_argument("--forget-samples", type=int, default=100, help="images of the forgotten digit per evaluation")
-    parser.add_argument("--per-class", type=int, default=30, help="images of each remaining digit per evaluation")
+    parser.add_argument("--per-class", type=int, default=20, help="images of each remaining digit per evaluation")
     parser.add_argument("--inference-steps", type=int, default=None, help="DDIM steps (default: the recipe's)")
     parser.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the recipe's)")
     parser.add_argument("--lr", action="append", default=[], metavar="METHOD=LR", help="a method's learning rate")
@@ -282,7 +291,8 @@ def main(argv=None) -> int:
     results = []
     for run in runs:
         print(f"{run['label']}: {describe(run, recipe)}", flush=True)
-        results.append(run_one(run, copy.deepcopy(recipe), evaluator, args.every, work_dir, args.progress))
+        schedule = (args.every, args.late_from, args.every_late)
+        results.append(run_one(run, copy.deepcopy(recipe), evaluator, schedule, work_dir, args.progress))
         atomic_write_json({"before": before, "results": results}, work_dir / "results.json")
     minutes = (time.perf_counter() - started) / 60
 

@@ -87,3 +87,9 @@ def test_replace_section_keeps_the_other_sections(tmp_path):
     assert path.read_text() == "# B\n\n## One\nnew table\n\n## Two\nkeep\n"
     steps_to_forget.replace_section(path, "## Two", "## Two\nlast\n")
     assert path.read_text().endswith("## Two\nlast\n\n")
+
+
+def test_evaluation_schedule_is_dense_early_and_sparse_late():
+    due = [s for s in range(1, 301) if steps_to_forget.evaluation_due(s, 300, (10, 100, 50))]
+    assert due == [10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 150, 200, 250, 300]
+    assert steps_to_forget.evaluation_due(47, 47, (10, 100, 50))  # the last step is always evaluated
