@@ -5,14 +5,13 @@
 
 Measured on the bundled digits DDPM (the demo recipe's data and batch size) and, for scale, on a
 randomly initialised UNet of the paper's CIFAR-10 size (35.7M parameters; only per-step and memory
-costs, no training data needed). Times are medians of repeated runs on this machine's CPU.
+costs, no training data needed). Times are the best of repeated runs on this machine's CPU.
 """
 
 from __future__ import annotations
 
 import argparse
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -33,7 +32,8 @@ from erase.workflows import ddpm_class  # noqa: E402
 SECTION = "## Cost of SFR-on's extras (Fisher pass, mask application)"
 
 
-def median_seconds(fn, repeats: int, warmup: int = 1) -> float:
+def best_seconds(fn, repeats: int, warmup: int = 1) -> float:
+    """The fastest of `repeats` timed runs: on a shared machine the minimum is the least disturbed figure."""
     for _ in range(warmup):
         fn()
     times = []
@@ -41,7 +41,7 @@ def median_seconds(fn, repeats: int, warmup: int = 1) -> float:
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return min(times)
 
 
 # --- 1. the Fisher pass against the same number of plain training steps ---------------------------
@@ -76,8 +76,8 @@ def fisher_vs_training(recipe: dict, repeats: int) -> dict:
             optimizer.step()
 
     torch.manual_seed(0)
-    fisher_s = median_seconds(fisher_pass, repeats)
-    steps_s = median_seconds(training_steps, repeats)
+    fisher_s = best_seconds(fisher_pass, repeats)
+    steps_s = best_seconds(training_steps, repeats)
     return {
         "batches": len(forget) + len(remain), "forget_batches": len(forget), "remain_batches": len(remain),
         "batch_size": batch_size, "fisher_s": fisher_s, "steps_s": steps_s, "parameters": count(unet),
@@ -117,10 +117,10 @@ def mask_application(unet: torch.nn.Module, repeats: int, keep: float = 0.1) -> 
     float_pairs = [(named[n], mask[n].float()) for n in mask]
     float_grads, float_masks = [p.grad for p, _ in float_pairs], [m for _, m in float_pairs]
     results = {
-        "core: GradientMask.apply (torch._foreach_mul_, bool mask)": median_seconds(core.apply, repeats),
-        "Python loop, bool mask": median_seconds(lambda: python_loop_apply(bool_pairs), repeats),
-        "torch._foreach_mul_, float32 mask": median_seconds(lambda: torch._foreach_mul_(float_grads, float_masks), repeats),
-        "Python loop, float32 mask": median_seconds(lambda: python_loop_apply(float_pairs), repeats),
+        "core: GradientMask.apply (torch._foreach_mul_, bool mask)": best_seconds(core.apply, repeats),
+        "Python loop, bool mask": best_seconds(lambda: python_loop_apply(bool_pairs), repeats),
+        "torch._foreach_mul_, float32 mask": best_seconds(lambda: torch._foreach_mul_(float_grads, float_masks), repeats),
+        "Python loop, float32 mask": best_seconds(lambda: python_loop_apply(float_pairs), repeats),
     }
     for p in named.values():
         p.grad = None
@@ -133,8 +133,8 @@ def accumulation(unet: torch.nn.Module, repeats: int) -> dict:
     grads = [torch.randn(p.shape, generator=generator) for p in named.values()]
     sums_a = [torch.zeros_like(g) for g in grads]
     sums_b = [torch.zeros_like(g) for g in grads]
-    loop_ms = median_seconds(lambda: accumulate_loop(sums_a, grads), repeats) * 1e3
-    foreach_ms = median_seconds(lambda: accumulate_foreach(sums_b, grads), repeats) * 1e3
+    loop_ms = best_seconds(lambda: accumulate_loop(sums_a, grads), repeats) * 1e3
+    foreach_ms = best_seconds(lambda: accumulate_foreach(sums_b, grads), repeats) * 1e3
     same = all(torch.allclose(a, b, rtol=1e-6) for a, b in zip(sums_a, sums_b))
     return {"loop_ms": loop_ms, "foreach_ms": foreach_ms, "same_result": same}
 
@@ -153,7 +153,7 @@ def training_step_ms(unet: torch.nn.Module, batch_size: int, repeats: int) -> fl
         loss_fn(unet, (images, labels)).mean().backward()
         optimizer.step()
 
-    milliseconds = median_seconds(step, repeats) * 1e3
+    milliseconds = best_seconds(step, repeats) * 1e3
     optimizer.zero_grad(set_to_none=True)
     return milliseconds
 
@@ -195,7 +195,7 @@ def report(recipe_path: str, fisher: dict, models: dict, command: str) -> str:
         SECTION,
         "",
         f"Command: `{command}` ({platform.machine()}, {torch.get_num_threads()} torch threads, "
-        f"torch {torch.__version__}; medians of repeated runs, the machine shared with other jobs).",
+        f"torch {torch.__version__}; best of repeated runs, the machine shared with other jobs).",
         "",
         f"**Fisher pass vs training** (digits DDPM from `{recipe_path}`, {fisher['parameters']:,} parameters, "
         f"batch {fisher['batch_size']}): both Fisher diagonals over {fisher['forget_batches']} forget + "
@@ -243,7 +243,7 @@ def report(recipe_path: str, fisher: dict, models: dict, command: str) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--recipe", default="pipelines/digits-ddpm-class.toml")
-    parser.add_argument("--repeats", type=int, default=5, help="timed repeats per measurement (median reported)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed repeats per measurement (the best is reported)")
     parser.add_argument("--no-large", action="store_true", help="skip the CIFAR-10-size UNet")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a recipe value (e.g. model.path=...)")

@@ -132,3 +132,17 @@ def test_the_unlearning_loop_runs_under_two_processes(two_process_run):
     rank0, rank1 = weights["weights"]
     assert torch.equal(rank0, rank1)  # DDP kept the replicas identical
     assert not torch.equal(rank0, weights["before"])  # and the loop did train
+
+
+def test_fisher_equals_the_mean_of_squared_batch_gradients_on_a_unet():
+    """The fused accumulation (torch._foreach_addcmul_) against a direct per-tensor computation."""
+    unet, batches = make_unet(), make_batches(count=3)
+    expected = {n: torch.zeros_like(p) for n, p in unet.named_parameters()}
+    for batch in batches:
+        unet.zero_grad(set_to_none=True)
+        fixed_noise_loss(unet, batch).mean().backward()
+        for n, p in unet.named_parameters():
+            expected[n] += p.grad**2 / len(batches)
+    fisher = fisher_diagonal(unet, fixed_noise_loss, batches, show_progress=False)
+    for name, value in expected.items():
+        torch.testing.assert_close(fisher[name], value, rtol=1e-5, atol=0)

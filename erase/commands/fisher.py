@@ -25,7 +25,9 @@ def register(subparsers) -> None:
     )
     fisher.add_argument("recipe", help="path of a recipe TOML file (family ddpm, task class)")
     fisher.add_argument("--out", required=True, help="folder for fisher_forget/fisher_remain.safetensors")
-    fisher.add_argument("--batches", type=positive_int, default=None, help="batches per Fisher (default: recipe fisher.batches)")
+    fisher.add_argument(
+        "--batches", type=positive_int, default=None, help="batches per Fisher (default: the recipe's fisher.batches)"
+    )
     fisher.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a recipe value, e.g. --set forget.class=5 (repeatable)")
     fisher.set_defaults(func=run_fisher)
@@ -89,14 +91,13 @@ def run_fisher(args) -> int:
         save_fisher(fisher_forget, out_dir / FORGET_FILE)
         save_fisher(fisher_remain, out_dir / REMAIN_FILE)
         weights = sum(t.numel() for t in fisher_forget.values())
-        atomic_write_json(
-            {
-                "model": recipe["model"].get("path") or "random_init", "forgotten_class": forget_class, "forget_batches": used["forget"],
-                "remain_batches": used["remain"], "batch_size": batch_size, "processes": accelerator.num_processes, "seed": config.seed,
-                "weights": weights, "seconds": round(seconds, 2),
-            },
-            out_dir / "fisher.json",
-        )
+        info = {
+            "model": recipe["model"].get("path") or "random_init", "forgotten_class": forget_class,
+            "forget_batches": used["forget"], "remain_batches": used["remain"], "batch_size": batch_size,
+            "processes": accelerator.num_processes, "seed": config.seed, "weights": weights,
+            "seconds": round(seconds, 2),
+        }
+        atomic_write_json(info, out_dir / "fisher.json")
         print(f"Fisher diagonals of {weights:,} weights over {used['forget']} forget + {used['remain']} remain batches "
               f"({accelerator.num_processes} process(es), {seconds:.1f} s) -> {out_dir}")
     accelerator.wait_for_everyone()
@@ -132,7 +133,7 @@ def run_mask(args) -> int:
     from safetensors import SafetensorError
 
     from erase.core.fisher import load_fisher
-    from erase.core.saliency import mask_stats, saliency_mask, save_mask
+    from erase.core.saliency import saliency_mask, save_mask
     from erase.errors import UserError
 
     fisher_dir, out = Path(args.fisher_dir), Path(args.out)
@@ -150,20 +151,23 @@ def run_mask(args) -> int:
     except ValueError as error:
         raise UserError(str(error)) from None
     save_mask(mask, out, metadata={"gamma": str(args.gamma)})
-    print(describe_mask(mask_stats(mask), {n: m.numel() for n, m in mask.items()}, args.gamma, args.top))
+    print(describe_mask(mask, args.gamma, args.top))
     print(f"-> {out}")
     return 0
 
 
-def describe_mask(stats: dict, sizes: dict[str, int], gamma: float, top: int) -> str:
+def describe_mask(mask: dict, gamma: float, top: int) -> str:
     """The kept fraction overall, then the `top` tensors holding the most kept weights."""
+    from erase.core.saliency import mask_stats
+
+    stats = mask_stats(mask)
     lines = [f"γ = {gamma:g}: kept {stats['fraction']:.2%} of the weights ({stats['kept']:,} of {stats['total']:,})"]
-    kept = {name: int(round(fraction * sizes[name])) for name, fraction in stats["per_tensor"].items()}
+    kept = {name: int(m.sum()) for name, m in mask.items()}
     ranked = sorted(kept, key=lambda name: (-kept[name], name))[:top]
     if ranked:
         width = max(len(name) for name in ranked)
         lines.append("tensors holding the most kept weights:")
         for name in ranked:
-            share = stats["per_tensor"][name]
-            lines.append(f"  {name.ljust(width)}  {kept[name]:>9,} of {sizes[name]:>9,}  ({share:.2%})")
+            size = mask[name].numel()
+            lines.append(f"  {name.ljust(width)}  {kept[name]:>9,} of {size:>9,}  ({kept[name] / size:.2%})")
     return "\n".join(lines)

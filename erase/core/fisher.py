@@ -45,9 +45,7 @@ def fisher_diagonal(
             accelerator.backward(loss)
         else:
             loss.backward()
-        for name, p in params.items():
-            if p.grad is not None:
-                sums[name] += p.grad.detach().float() ** 2
+        _accumulate_squares(sums, params)
         count += 1
     model.zero_grad(set_to_none=True)
     model.train(was_training)
@@ -59,6 +57,17 @@ def fisher_diagonal(
     if count_tensor.item() == 0:
         raise ValueError("fisher_diagonal got no batches")
     return {name: s / count_tensor for name, s in sums.items()}
+
+
+def _accumulate_squares(sums: dict[str, torch.Tensor], params: dict[str, torch.nn.Parameter]) -> None:
+    """sums += grad² for every parameter with a gradient, in one fused call (no temporary per tensor)."""
+    targets, grads = [], []
+    for name, p in params.items():
+        if p.grad is not None:
+            targets.append(sums[name])
+            grads.append(p.grad.detach().float())  # no copy when already fp32
+    if targets:
+        torch._foreach_addcmul_(targets, grads, grads)
 
 
 def save_fisher(fisher: dict[str, torch.Tensor], path) -> None:
