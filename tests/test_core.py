@@ -161,3 +161,14 @@ def test_config_validation():
         SFRonConfig.from_dict({"stepz": 3})
     with pytest.raises(ValueError):
         SFRonConfig(optimizer="lion").validate()
+
+
+def test_one_call_api_masks_and_forgets():
+    import erase
+
+    model, forget, remain = _toy_problem()
+    before = squared_error(model, forget[0]).mean().item()
+    config = SFRonConfig(steps=5, lr=0.01, forget_alpha=1.0, gamma=1.0)
+    erased, history = erase.erase(model, forget, remain, squared_error, config)
+    assert erased is model and len(history) == 5
+    assert squared_error(model, forget[0]).mean().item() > before  # the forget loss went up

@@ -14,18 +14,28 @@ import torch
 
 from erase.core.baselines import method_spec
 from erase.core.fisher import fisher_diagonal, load_fisher, save_fisher
-from erase.core.io import atomic_directory, atomic_write_json, atomic_write_text
+from erase.core.io import atomic_directory
 from erase.core.losses import ascent_objective, descent_objective
-from erase.core.saliency import gradient_saliency_mask, mask_stats, saliency_mask, save_mask
+from erase.core.saliency import (
+    gradient_saliency_mask,
+    mask_stats,
+    saliency_mask,
+    save_mask,
+)
 from erase.core.sfron import SFRonConfig, unlearn
 from erase.data.digits import load_digits_tensors, to_uint8
 from erase.errors import UserError
-from erase.eval.accuracy import forgetting_accuracy, per_class_accuracy, remaining_accuracy
+from erase.eval.accuracy import (
+    forgetting_accuracy,
+    per_class_accuracy,
+    remaining_accuracy,
+)
 from erase.eval.fid import DIGITS_EXTRACTOR, fid_kid
 from erase.eval.report import format_table, save_grid, save_loss_plot
 from erase.families import ddpm
 from erase.families.classifier import load_classifier, predict
-from erase.recipes import resolve_path, to_toml
+from erase.recipes import resolve_path
+from erase.workflows.records import write_run_records
 
 
 def run(recipe: dict, show_progress: bool = True) -> dict:
@@ -81,10 +91,7 @@ def run(recipe: dict, show_progress: bool = True) -> dict:
         "after": after,
         "history": history,
     }
-    atomic_write_json(metrics, out_dir / "metrics.json")
-    if stats:
-        atomic_write_json(stats, out_dir / "mask_stats.json")
-    atomic_write_text(to_toml(recipe), out_dir / "config.toml")
+    write_run_records(out_dir, metrics, stats, recipe)
     return metrics
 
 

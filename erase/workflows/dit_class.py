@@ -22,14 +22,22 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from erase.core.baselines import method_spec
-from erase.core.io import atomic_directory, atomic_save_tensors, atomic_write_json, atomic_write_text
+from erase.core.io import (
+    atomic_directory,
+    atomic_save_tensors,
+)
 from erase.core.saliency import mask_stats
 from erase.core.sfron import unlearn
 from erase.errors import UserError
 from erase.eval.report import format_table, save_grid, save_loss_plot
 from erase.families import ddpm, dit
-from erase.recipes import to_toml
-from erase.workflows.ddpm_class import build_mask, forget_objective, resolve_output, sfron_config
+from erase.workflows.ddpm_class import (
+    build_mask,
+    forget_objective,
+    resolve_output,
+    sfron_config,
+)
+from erase.workflows.records import write_run_records
 
 # Classes shown and scored besides the forgotten one (the official visualisation classes).
 DEFAULT_EVAL_CLASSES = [207, 360, 387, 972, 89, 979, 417, 279, 270, 980]
@@ -93,10 +101,7 @@ def run(recipe: dict, show_progress: bool = True) -> dict:
         "after": after,
         "history": history,
     }
-    atomic_write_json(metrics, out_dir / "metrics.json")
-    if stats:
-        atomic_write_json(stats, out_dir / "mask_stats.json")
-    atomic_write_text(to_toml(recipe), out_dir / "config.toml")
+    write_run_records(out_dir, metrics, stats, recipe)
     return metrics
 
 

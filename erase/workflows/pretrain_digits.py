@@ -13,7 +13,12 @@ import torch
 from erase.core.io import atomic_directory, atomic_write_json
 from erase.data.digits import load_digits_tensors
 from erase.families import ddpm
-from erase.families.classifier import DigitCNN, predict, save_classifier, train_classifier
+from erase.families.classifier import (
+    DigitCNN,
+    predict,
+    save_classifier,
+    train_classifier,
+)
 from erase.families.ddpm_pipeline import ClassConditionalDDPMPipeline
 
 DDPM_STEPS = 1500

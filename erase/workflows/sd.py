@@ -28,16 +28,22 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from erase.core.baselines import MethodSpec, method_spec
 from erase.core.fisher import fisher_diagonal, load_fisher, save_fisher
-from erase.core.io import atomic_write_json, atomic_write_text
+from erase.core.io import atomic_write_json
 from erase.core.losses import ascent_objective, descent_objective
-from erase.core.saliency import gradient_saliency_mask, mask_stats, saliency_mask, save_mask
+from erase.core.saliency import (
+    gradient_saliency_mask,
+    mask_stats,
+    saliency_mask,
+    save_mask,
+)
 from erase.core.sfron import SFRonConfig, unlearn
 from erase.data.prompts import expand_prompts, prompt_rows, read_prompts
 from erase.errors import UserError
 from erase.eval.report import format_table, save_grid, save_loss_plot
 from erase.families import sd
 from erase.patch import save_patch
-from erase.recipes import resolve_path, to_toml
+from erase.recipes import resolve_path
+from erase.workflows.records import write_run_records
 
 METHODS = ("sfron", "ga", "rl", "salun", "esd")
 FORGET_LOSSES = ("mapping", "ascent", "adaptive")
@@ -130,10 +136,7 @@ def run(recipe: dict, show_progress: bool = True) -> dict:
         "after": after,
         "history": history,
     }
-    atomic_write_json(metrics, out_dir / "metrics.json")
-    if stats:
-        atomic_write_json(stats, out_dir / "mask_stats.json")
-    atomic_write_text(to_toml(recipe), out_dir / "config.toml")
+    write_run_records(out_dir, metrics, stats, recipe)
     return metrics
 
 
