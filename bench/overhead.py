@@ -119,7 +119,9 @@ def mask_application(unet: torch.nn.Module, repeats: int, keep: float = 0.1) -> 
     results = {
         "core: GradientMask.apply (torch._foreach_mul_, bool mask)": best_seconds(core.apply, repeats),
         "Python loop, bool mask": best_seconds(lambda: python_loop_apply(bool_pairs), repeats),
-        "torch._foreach_mul_, float32 mask": best_seconds(lambda: torch._foreach_mul_(float_grads, float_masks), repeats),
+        "torch._foreach_mul_, float32 mask": best_seconds(
+            lambda: torch._foreach_mul_(float_grads, float_masks), repeats
+        ),
         "Python loop, float32 mask": best_seconds(lambda: python_loop_apply(float_pairs), repeats),
     }
     for p in named.values():
@@ -223,12 +225,14 @@ def report(recipe_path: str, fisher: dict, models: dict, command: str) -> str:
     ]
     for label, m in models.items():
         a = m["accumulation"]
-        lines.append(f"| {label} | {a['loop_ms']:.2f} | {a['foreach_ms']:.2f} | {'yes' if a['same_result'] else 'NO'} |")
+        same = "yes" if a["same_result"] else "NO"
+        lines.append(f"| {label} | {a['loop_ms']:.2f} | {a['foreach_ms']:.2f} | {same} |")
     lines += [
         "",
         "**Storage** (in memory; on disk as safetensors):",
         "",
-        "| model | Fisher, fp32 (one of the two) | bool mask | mask bit-packed (not implemented) | Fisher file | mask file |",
+        "| model | Fisher, fp32 (one of the two) | bool mask | mask bit-packed (not implemented) "
+        "| Fisher file | mask file |",
         "|---|---|---|---|---|---|",
     ]
     for label, m in models.items():
@@ -248,7 +252,9 @@ def main(argv=None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a recipe value (e.g. model.path=...)")
     parser.add_argument("--write-benchmarks", action="store_true", help="replace the section in BENCHMARKS.md")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: steadier when shared)")
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     command = ("python bench/overhead.py " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
 
     recipe = apply_overrides(load_recipe(resolve_path(args.recipe)), args.overrides)

@@ -53,22 +53,52 @@ METHOD_SETTINGS = {
 LABELS = {"sfron": "SFR-on", "ga": "GA", "rl": "RL", "salun": "SalUn", "ft": "FT"}
 
 
-def plan_runs(recipe: dict, methods: list[str], budget: int, lr_overrides: dict[str, float]) -> list[dict]:
-    """One run per method over the whole budget; SFR-on also once with the recipe's own (shorter) schedule,
-    because its forget weight decays to 0 over `steps` and the demo uses that short schedule."""
+def plan_runs(
+    recipe: dict, methods: list[str], budget: int, lrs: list[float] | None = None,
+    lr_overrides: dict[str, float] | None = None, long_sfron: bool = False,
+) -> list[dict]:
+    """One run per method and learning rate over the whole budget, except SFR-on: its forget weight decays
+    to 0 over the recipe's `steps`, so it runs that schedule (the demo's); `long_sfron` adds a run decaying
+    over the budget. `lrs` (default: the recipe's lr) applies to every method; `lr_overrides` to one."""
     base = dict(recipe.get("sfron", {}))
+    lr_overrides = lr_overrides or {}
     runs = []
     for name in methods:
-        settings = {**base, **METHOD_SETTINGS[name], "steps": budget}
-        if name in lr_overrides:
-            settings["lr"] = lr_overrides[name]
-        if name == "sfron" and int(base.get("steps", 50)) < budget:
-            short = {**settings, "steps": int(base.get("steps", 50))}
-            runs.append({"key": "sfron-recipe", "method": name, "label": f"SFR-on (recipe schedule, T={short['steps']})", "config": short})
-            runs.append({"key": name, "method": name, "label": f"SFR-on (schedule over T={budget})", "config": settings})
-        else:
-            runs.append({"key": name, "method": name, "label": LABELS[name], "config": settings})
+        grid = [lr_overrides[name]] if name in lr_overrides else (lrs or [float(base.get("lr", 1e-4))])
+        for lr in grid:
+            tag = f" lr {lr:g}" if len(grid) > 1 else ""
+            settings = {**base, **METHOD_SETTINGS[name], "steps": budget, "lr": lr}
+            if name == "sfron" and int(base.get("steps", 50)) < budget:
+                short = {**settings, "steps": int(base.get("steps", 50))}
+                label = f"SFR-on{tag} (recipe schedule, T={short['steps']})"
+                runs.append({"key": f"{name}-lr{lr:g}", "method": name, "label": label, "config": short})
+                if long_sfron:
+                    label = f"SFR-on{tag} (schedule over T={budget})"
+                    runs.append({"key": f"{name}-long-lr{lr:g}", "method": name, "label": label, "config": settings})
+            else:
+                label = LABELS[name] + tag
+                runs.append({"key": f"{name}-lr{lr:g}", "method": name, "label": label, "config": settings})
     return runs
+
+
+def fingerprint(recipe: dict, args) -> dict:
+    """Everything besides a run's own config that its result depends on: reuse a stored result only if equal."""
+    files = {}
+    for key, path in (("model", recipe["model"].get("path")), ("classifier", recipe["eval"].get("classifier"))):
+        if path:
+            target = resolve_path(path)
+            if target.is_dir():
+                target = target / "unet" / "diffusion_pytorch_model.safetensors"
+            stat = target.stat() if target.exists() else None
+            files[key] = [str(target), stat.st_size, stat.st_mtime] if stat else str(target)
+    return {
+        "files": files, "forget": recipe["forget"], "data": recipe.get("data", {}), "fisher": recipe.get("fisher", {}),
+        "eval": recipe["eval"], "schedule": [args.every, args.late_from, args.every_late], "threads": args.threads,
+    }
+
+
+def config_key(config: dict) -> str:
+    return json.dumps(config, sort_keys=True)
 
 
 def describe(run: dict, recipe: dict) -> str:
@@ -100,7 +130,9 @@ def evaluation_due(step: int, last: int, schedule: tuple[int, int, int]) -> bool
     return step == last or (step % every == 0 if step <= late_from else step % every_late == 0)
 
 
-def run_one(run: dict, recipe: dict, evaluator, schedule: tuple[int, int, int], work_dir: Path, show_progress: bool) -> dict:
+def run_one(
+    run: dict, recipe: dict, evaluator, schedule: tuple[int, int, int], work_dir: Path, show_progress: bool
+) -> dict:
     """Erase with one method, evaluating on `schedule`; times exclude the evaluations."""
     spec = method_spec(run["method"])
     config = SFRonConfig.from_dict(run["config"])
@@ -139,6 +171,7 @@ def run_one(run: dict, recipe: dict, evaluator, schedule: tuple[int, int, int], 
     unlearn(unet, objective, loss_fn, forget_batches, remain_batches, config, mask=mask, on_step=on_step,
             show_progress=show_progress)
     return {
+        "run_seconds": time.perf_counter() - started,
         "key": run["key"], "label": run["label"], "method": run["method"], "config": run["config"],
         "settings": describe(run, recipe), "setup_seconds": setup_seconds,
         "mask_fraction": mask_stats(mask)["fraction"] if mask is not None else None, "curve": curve,
@@ -158,8 +191,8 @@ def markdown(results: list[dict], before: dict, args, command: str, minutes: flo
     lines = [
         SECTION,
         "",
-        f"Command: `{command}` — {minutes:.0f} min on this machine ({platform.machine()}, "
-        f"{torch.get_num_threads()} torch threads, CPU shared with other jobs). Recipe `{args.recipe}` "
+        f"Command: `{command}` — {minutes:.0f} min of compute on this machine ({platform.machine()}, "
+        f"{torch.get_num_threads()} torch thread(s), CPU shared with other jobs). Recipe `{args.recipe}` "
         f"(forget digit {args.forget_class}); {args.budget} steps per method, evaluated every {args.every} steps "
         f"up to step {args.late_from}, then every {args.every_late}: "
         f"{args.forget_samples} images of the forgotten digit and {args.per_class} of each other digit, "
@@ -256,14 +289,21 @@ def main(argv=None) -> int:
     parser.add_argument("--per-class", type=int, default=20, help="images of each remaining digit per evaluation")
     parser.add_argument("--inference-steps", type=int, default=None, help="DDIM steps (default: the recipe's)")
     parser.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the recipe's)")
-    parser.add_argument("--lr", action="append", default=[], metavar="METHOD=LR", help="a method's learning rate")
+    parser.add_argument("--lrs", default=None, help="comma-separated learning rates run for every method "
+                        "(default: the recipe's)")
+    parser.add_argument("--lr", action="append", default=[], metavar="METHOD=LR", help="one method's learning rate")
+    parser.add_argument("--fresh", action="store_true", help="rerun every method even if the work dir has its result")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a recipe value for every method (e.g. model.path=...)")
     parser.add_argument("--work-dir", default="runs/bench-steps-to-forget")
     parser.add_argument("--plot", default="assets/steps_to_forget.png")
     parser.add_argument("--write-benchmarks", action="store_true", help="write the section in BENCHMARKS.md")
+    parser.add_argument("--long-sfron", action="store_true", help="also run SFR-on with its decay over the budget")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: on a shared 2-core machine 2 threads can be 5-10x slower)")
     parser.add_argument("--progress", action="store_true", help="show the loop's progress bars")
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
 
     from erase.recipes import apply_overrides
 
@@ -280,21 +320,38 @@ def main(argv=None) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     for name in methods:
         method_spec(name)
-    runs = plan_runs(recipe, methods, args.budget, parse_lrs(args.lr))
+    lrs = [float(v) for v in args.lrs.split(",")] if args.lrs else None
+    runs = plan_runs(recipe, methods, args.budget, lrs, parse_lrs(args.lr), args.long_sfron)
     work_dir = Path(args.work_dir)
-    started = time.perf_counter()
+    stored_path = work_dir / "results.json"
+    stamp = json.loads(json.dumps(fingerprint(recipe, args)))
+    stored = json.loads(stored_path.read_text()) if stored_path.exists() and not args.fresh else {}
+    if stored.get("fingerprint") != stamp:
+        stored = {}
+    done = {config_key(r["config"]): r for r in stored.get("results", [])}
 
     pipeline = ddpm.load_or_build_pipeline(recipe["model"])
     evaluator = ddpm_class.make_evaluator(recipe, pipeline.num_classes, args.forget_class)
-    before = evaluate(evaluator, pipeline)
-    print(f"original: FA {before['fa']:.3f}  remaining {before['remaining_accuracy']:.3f}  FID {before['fid']:.2f}", flush=True)
+    started = time.perf_counter()
+    before = stored.get("before") or evaluate(evaluator, pipeline)
+    before_seconds = stored.get("before_seconds", time.perf_counter() - started)
+    summary = f"FA {before['fa']:.3f}  remaining {before['remaining_accuracy']:.3f}  FID {before['fid']:.2f}"
+    print(f"original: {summary}", flush=True)
     results = []
     for run in runs:
         print(f"{run['label']}: {describe(run, recipe)}", flush=True)
-        schedule = (args.every, args.late_from, args.every_late)
-        results.append(run_one(run, copy.deepcopy(recipe), evaluator, schedule, work_dir, args.progress))
-        atomic_write_json({"before": before, "results": results}, work_dir / "results.json")
-    minutes = (time.perf_counter() - started) / 60
+        if config_key(run["config"]) in done:
+            print("  (stored result reused; --fresh reruns it)", flush=True)
+            result = {**done.pop(config_key(run["config"])), "key": run["key"], "label": run["label"]}
+        else:
+            schedule = (args.every, args.late_from, args.every_late)
+            result = run_one(run, copy.deepcopy(recipe), evaluator, schedule, work_dir, args.progress)
+        results.append(result)
+        kept = results + list(done.values())  # results of other settings stay stored for later reuse
+        atomic_write_json(
+            {"fingerprint": stamp, "before": before, "before_seconds": before_seconds, "results": kept}, stored_path
+        )
+    minutes = (before_seconds + sum(r["run_seconds"] for r in results)) / 60
 
     command = "python bench/steps_to_forget.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
     text = markdown(results, before, args, command, minutes)

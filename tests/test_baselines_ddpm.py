@@ -49,9 +49,8 @@ def test_each_method_runs_two_steps_on_a_tiny_ddpm(name, data, tmp_path):
     if spec.mask == "gradient":  # SalUn: the top half of |∇L_f|
         assert mask_stats(mask)["fraction"] == pytest.approx(0.5, abs=0.01)
     elif spec.mask == "fisher":  # SFR-on: the Fisher-balanced mask of the cached diagonals
-        expected = saliency_mask(
-            load_fisher(tmp_path / "fisher_forget.safetensors"), load_fisher(tmp_path / "fisher_remain.safetensors"), 1.0
-        )
+        forget_fisher = load_fisher(tmp_path / "fisher_forget.safetensors")
+        expected = saliency_mask(forget_fisher, load_fisher(tmp_path / "fisher_remain.safetensors"), 1.0)
         assert all(torch.equal(mask[n], expected[n]) for n in expected)
         assert 0 < mask_stats(mask)["fraction"] < 1
     else:
@@ -60,14 +59,22 @@ def test_each_method_runs_two_steps_on_a_tiny_ddpm(name, data, tmp_path):
 
 def test_bench_gives_every_method_the_recipe_settings_but_its_own_forget_weight():
     recipe = {"sfron": {"steps": 50, "lr": 1e-3, "forget_alpha": 10.0, "gamma": 3.0, "remain_alpha": 1.0}}
-    runs = steps_to_forget.plan_runs(recipe, ["sfron", "ga", "salun", "ft"], 300, {"ga": 3e-4})
+    runs = steps_to_forget.plan_runs(
+        recipe, ["sfron", "ga", "salun", "ft"], 300, lr_overrides={"ga": 3e-4}, long_sfron=True
+    )
     by_key = {r["key"]: r["config"] for r in runs}
-    assert [r["key"] for r in runs] == ["sfron-recipe", "sfron", "ga", "salun", "ft"]
-    assert by_key["sfron-recipe"]["steps"] == 50 and by_key["sfron"]["steps"] == 300
-    assert by_key["sfron"]["forget_alpha"] == 10.0 and by_key["salun"]["forget_alpha"] == 1.0
-    assert by_key["salun"]["decay_forget_alpha"] is False and by_key["salun"]["lr"] == 1e-3
-    assert by_key["ga"]["lr"] == 3e-4 and all(c["remain_alpha"] == 1.0 for c in by_key.values())
-    assert "γ 3" in steps_to_forget.describe(runs[1], recipe) and "top 50%" in steps_to_forget.describe(runs[3], recipe)
+    assert list(by_key) == ["sfron-lr0.001", "sfron-long-lr0.001", "ga-lr0.0003", "salun-lr0.001", "ft-lr0.001"]
+    assert by_key["sfron-lr0.001"]["steps"] == 50 and by_key["sfron-long-lr0.001"]["steps"] == 300
+    assert by_key["ga-lr0.0003"]["steps"] == 300 and by_key["ga-lr0.0003"]["lr"] == 3e-4
+    assert by_key["sfron-lr0.001"]["forget_alpha"] == 10.0 and by_key["salun-lr0.001"]["forget_alpha"] == 1.0
+    assert by_key["salun-lr0.001"]["decay_forget_alpha"] is False
+    assert all(c["remain_alpha"] == 1.0 for c in by_key.values())
+    grid = steps_to_forget.plan_runs(recipe, ["sfron", "rl"], 300, lrs=[1e-4, 1e-3])
+    pairs = [(r["method"], r["config"]["lr"]) for r in grid]
+    assert pairs == [("sfron", 1e-4), ("sfron", 1e-3), ("rl", 1e-4), ("rl", 1e-3)]
+    assert grid[2]["label"] == "RL lr 0.0001"
+    assert "γ 3" in steps_to_forget.describe(runs[0], recipe)
+    assert "top 50%" in steps_to_forget.describe(runs[3], recipe)
 
 
 def test_forgotten_needs_both_low_fa_and_kept_accuracy():
