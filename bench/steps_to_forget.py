@@ -51,6 +51,19 @@ METHOD_SETTINGS = {
     "ft": {},
 }
 LABELS = {"sfron": "SFR-on", "ga": "GA", "rl": "RL", "salun": "SalUn", "ft": "FT"}
+NOTES = (
+    "How the methods differ (all through the one loop; objectives from `erase.workflows.ddpm_class.forget_objective`, "
+    "masks from `build_mask`): **SFR-on** ascends the adaptively weighted ε-MSE (λ) on the forget class under its "
+    "Fisher-balanced mask; **GA** ascends the plain ε-MSE (λ = 0), forget weight 1 as in SalUn's DDPM code; **RL** "
+    "minimises the ε-MSE of forget images relabelled to a random other class; **SalUn** is RL under the top-50% "
+    "|∇L_f| mask; **FT** takes remain steps only. Every method gets SFR-on's separate, unmasked remain step "
+    "(α_r = 1); SalUn's official code instead adds 1e-3 × the remain loss to the forget loss in one masked step. "
+    "Caveat on RL/SalUn: the official SalUn and SFR-on DDPM code map the forgotten class by pulling "
+    "ε_θ(x_t, c_f) towards sg ε_θ(x_t, (c_f + 1) mod 10) on the same x_t; the relabelling objective used here "
+    "never feeds the forgotten label to the model, so its class embedding gets no gradient — likely why RL and "
+    "SalUn barely move FA in this table. Learning rate: every method uses the recipe's, tuned for SFR-on on this "
+    "model; the baselines were not tuned separately (`--lrs 1e-4,5e-4` runs every method at both rates)."
+)
 
 
 def plan_runs(
@@ -97,8 +110,9 @@ def fingerprint(recipe: dict, args) -> dict:
     }
 
 
-def config_key(config: dict) -> str:
-    return json.dumps(config, sort_keys=True)
+def run_key(method: str, config: dict) -> str:
+    """What identifies a stored result: GA, RL and SalUn share their config, so the method is part of it."""
+    return json.dumps({"method": method, "config": config}, sort_keys=True)
 
 
 def describe(run: dict, recipe: dict) -> str:
@@ -114,7 +128,8 @@ def describe(run: dict, recipe: dict) -> str:
     if spec.mask == "fisher":
         parts.append(f"Fisher mask γ {c.get('gamma', 1.0):g}")
     elif spec.mask == "gradient":
-        parts.append(f"|∇L_f| top {float(recipe.get('fisher', {}).get('salun_fraction', 0.5)):.0%} mask")
+        fraction = float(recipe.get("fisher", {}).get("salun_fraction", 0.5))
+        parts.append(f"top-{fraction:.0%} \\|∇L_f\\| mask")  # escaped: a bare | splits a markdown table cell
     parts.append(f"clip {c.get('grad_clip', 1.0):g}")
     return ", ".join(parts)
 
@@ -223,7 +238,7 @@ def markdown(results: list[dict], before: dict, args, command: str, minutes: flo
             f"| {r['label']} | {r['settings']}{mask} | {steps} | {wall} | {at} | "
             f"{end['step']}: {end['fa']:.2f} / {end['remaining_accuracy']:.3f} / {end['fid']:.2f} |"
         )
-    lines += ["", f"![FA and remaining accuracy against steps, one curve per method]({args.plot})", ""]
+    lines += ["", NOTES, "", f"![FA and remaining accuracy against steps, one curve per method]({args.plot})", ""]
     return "\n".join(lines)
 
 
@@ -328,7 +343,7 @@ def main(argv=None) -> int:
     stored = json.loads(stored_path.read_text()) if stored_path.exists() and not args.fresh else {}
     if stored.get("fingerprint") != stamp:
         stored = {}
-    done = {config_key(r["config"]): r for r in stored.get("results", [])}
+    done = {run_key(r["method"], r["config"]): r for r in stored.get("results", [])}
 
     pipeline = ddpm.load_or_build_pipeline(recipe["model"])
     evaluator = ddpm_class.make_evaluator(recipe, pipeline.num_classes, args.forget_class)
@@ -340,9 +355,9 @@ def main(argv=None) -> int:
     results = []
     for run in runs:
         print(f"{run['label']}: {describe(run, recipe)}", flush=True)
-        if config_key(run["config"]) in done:
+        if run_key(run["method"], run["config"]) in done:
             print("  (stored result reused; --fresh reruns it)", flush=True)
-            result = {**done.pop(config_key(run["config"])), "key": run["key"], "label": run["label"]}
+            result = {**done.pop(run_key(run["method"], run["config"])), "key": run["key"], "label": run["label"]}
         else:
             schedule = (args.every, args.late_from, args.every_late)
             result = run_one(run, copy.deepcopy(recipe), evaluator, schedule, work_dir, args.progress)

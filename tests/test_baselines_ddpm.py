@@ -74,7 +74,7 @@ def test_bench_gives_every_method_the_recipe_settings_but_its_own_forget_weight(
     assert pairs == [("sfron", 1e-4), ("sfron", 1e-3), ("rl", 1e-4), ("rl", 1e-3)]
     assert grid[2]["label"] == "RL lr 0.0001"
     assert "γ 3" in steps_to_forget.describe(runs[0], recipe)
-    assert "top 50%" in steps_to_forget.describe(runs[3], recipe)
+    assert "top-50% \\|∇L_f\\| mask" in steps_to_forget.describe(runs[3], recipe)
 
 
 def test_forgotten_needs_both_low_fa_and_kept_accuracy():
@@ -100,3 +100,10 @@ def test_evaluation_schedule_is_dense_early_and_sparse_late():
     due = [s for s in range(1, 301) if steps_to_forget.evaluation_due(s, 300, (10, 100, 50))]
     assert due == [10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 150, 200, 250, 300]
     assert steps_to_forget.evaluation_due(47, 47, (10, 100, 50))  # the last step is always evaluated
+
+
+def test_stored_results_are_told_apart_by_method():
+    recipe = {"sfron": {"steps": 50, "lr": 1e-3}}
+    runs = steps_to_forget.plan_runs(recipe, ["ga", "rl", "salun"], 300)
+    assert runs[0]["config"] == runs[1]["config"]  # same settings ...
+    assert len({steps_to_forget.run_key(r["method"], r["config"]) for r in runs}) == 3  # ... different results
