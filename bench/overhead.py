@@ -196,7 +196,7 @@ def report(recipe_path: str, fisher: dict, models: dict, command: str) -> str:
     lines = [
         SECTION,
         "",
-        f"Command: `{command}` ({platform.machine()}, {torch.get_num_threads()} torch threads, "
+        f"Command: `{command}` ({platform.machine()}, {torch.get_num_threads()} torch thread(s), "
         f"torch {torch.__version__}; best of repeated runs, the machine shared with other jobs).",
         "",
         f"**Fisher pass vs training** (digits DDPM from `{recipe_path}`, {fisher['parameters']:,} parameters, "
@@ -241,6 +241,17 @@ def report(recipe_path: str, fisher: dict, models: dict, command: str) -> str:
             f"| {label} | {mib(s['fisher_bytes'])} | {mib(s['mask_bytes'])} | {mib(s['bitpacked_bytes'])} | "
             f"{mib(s['fisher_file'])} | {mib(s['mask_file'])} |"
         )
+    core, fast = names[0], names[2]
+    shares = ", ".join(f"{m['mask'][core] / m['step_ms']:.1%} ({label})" for label, m in models.items())
+    speedups = ", ".join(f"{m['mask'][core] / m['mask'][fast]:.1f}×" for m in models.values())
+    lines += [
+        "",
+        f"Reading: applying the mask costs {shares} of one training step. Float32 masks would apply "
+        f"{speedups} faster but store 4 bytes per weight instead of 1 (for SD's 860M-parameter UNet: 3.4 GB "
+        "instead of 0.86 GB), so the core keeps bool masks and one `torch._foreach_mul_` call per step. The "
+        "Fisher accumulation in `erase/core/fisher.py` was the Python loop of the left column; it is now one "
+        "`torch._foreach_addcmul_` call per batch (the right column: same result, no temporary per tensor).",
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -55,13 +55,12 @@ NOTES = (
     "How the methods differ (all through the one loop; objectives from `erase.workflows.ddpm_class.forget_objective`, "
     "masks from `build_mask`): **SFR-on** ascends the adaptively weighted ε-MSE (λ) on the forget class under its "
     "Fisher-balanced mask; **GA** ascends the plain ε-MSE (λ = 0), forget weight 1 as in SalUn's DDPM code; **RL** "
-    "minimises the ε-MSE of forget images relabelled to a random other class; **SalUn** is RL under the top-50% "
+    "pulls ε_θ(x_t, c_f) towards sg ε_θ(x_t, c') for a random other class c' on the same noisy forget image "
+    "(`erase.families.ddpm.class_mapping_loss`, as in the official SalUn / SFR-on DDPM code, which uses "
+    "c' = (c_f + 1) mod 10); **SalUn** is RL under the top-50% "
     "|∇L_f| mask; **FT** takes remain steps only. Every method gets SFR-on's separate, unmasked remain step "
     "(α_r = 1); SalUn's official code instead adds 1e-3 × the remain loss to the forget loss in one masked step. "
-    "Caveat on RL/SalUn: the official SalUn and SFR-on DDPM code map the forgotten class by pulling "
-    "ε_θ(x_t, c_f) towards sg ε_θ(x_t, (c_f + 1) mod 10) on the same x_t; the relabelling objective used here "
-    "never feeds the forgotten label to the model, so its class embedding gets no gradient — likely why RL and "
-    "SalUn barely move FA in this table. Learning rate: every method uses the recipe's, tuned for SFR-on on this "
+    "Learning rate: every method uses the recipe's, tuned for SFR-on on this "
     "model; the baselines were not tuned separately (`--lrs 1e-4,5e-4` runs every method at both rates)."
 )
 
@@ -168,7 +167,7 @@ def run_one(
         spec.mask, recipe, unet, loss_fn, forget_batches, remain_batches, config, work_dir / run["key"]
     )
     setup_seconds = time.perf_counter() - started
-    objective = ddpm_class.forget_objective(spec, loss_fn, config, forget_class, pipeline.num_classes)
+    objective = ddpm_class.forget_objective(spec, loss_fn, config, forget_class, pipeline.num_classes, pipeline.scheduler)
 
     curve, eval_seconds = [], [0.0]
 

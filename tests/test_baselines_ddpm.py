@@ -33,13 +33,14 @@ def test_each_method_runs_two_steps_on_a_tiny_ddpm(name, data, tmp_path):
     spec = method_spec(name)
     unet = ddpm.build_unet("tiny", num_classes=10).requires_grad_(True)
     before = [p.detach().clone() for p in unet.parameters()]
-    loss_fn = ddpm.epsilon_loss(ddpm.build_scheduler())
+    scheduler = ddpm.build_scheduler()
+    loss_fn = ddpm.epsilon_loss(scheduler)
     forget, remain = ddpm.batches(fi, fl, 16, 0), ddpm.batches(ri, rl, 16, 1)
     settings = {**steps_to_forget.METHOD_SETTINGS[name], "steps": 2, "lr": 1e-3, "gamma": 1.0}
     config = SFRonConfig.from_dict(settings)
     recipe = {"fisher": {"batches": 2, "salun_fraction": 0.5}}
     mask = ddpm_class.build_mask(spec.mask, recipe, unet, loss_fn, forget, remain, config, tmp_path)
-    objective = ddpm_class.forget_objective(spec, loss_fn, config, FORGET_CLASS, 10)
+    objective = ddpm_class.forget_objective(spec, loss_fn, config, FORGET_CLASS, 10, scheduler)
     history = unlearn(unet, objective, loss_fn, forget, remain, config, mask=mask, show_progress=False)
 
     assert [r["step"] for r in history] == [1, 2]
@@ -107,3 +108,18 @@ def test_stored_results_are_told_apart_by_method():
     runs = steps_to_forget.plan_runs(recipe, ["ga", "rl", "salun"], 300)
     assert runs[0]["config"] == runs[1]["config"]  # same settings ...
     assert len({steps_to_forget.run_key(r["method"], r["config"]) for r in runs}) == 3  # ... different results
+
+
+def test_class_mapping_trains_the_forgotten_label():
+    """RL/SalUn must move the forgotten class's own embedding (the relabelling shortcut would not)."""
+    scheduler = ddpm.build_scheduler()
+    unet = ddpm.build_unet("tiny", num_classes=10).requires_grad_(True)
+    images = torch.randn(4, 1, 8, 8)
+    labels = torch.full((4,), FORGET_CLASS)
+    losses = ddpm.class_mapping_loss(scheduler, 10)(unet, (images, labels))
+    assert losses.shape == (4,)
+    losses.mean().backward()
+    grad = unet.class_embedding.weight.grad
+    assert grad[FORGET_CLASS].abs().sum() > 0
+    others = [k for k in range(11) if k != FORGET_CLASS]
+    assert grad[others].abs().sum() == 0  # the target branch carries no gradient

@@ -90,6 +90,30 @@ def epsilon_loss(scheduler: DDPMScheduler, class_dropout: float = 0.0, null_clas
     return loss_fn
 
 
+def class_mapping_loss(scheduler: DDPMScheduler, num_classes: int):
+    """RL / SalUn's forget loss for a class-conditional DDPM, per sample.
+
+    On the same noisy forget image x_t, pull ε_θ(x_t, c_f) towards sg ε_θ(x_t, c') for a random other
+    class c': the forgotten label itself is trained, so generating it yields another class.
+    """
+    num_timesteps = scheduler.config.num_train_timesteps
+
+    def loss_fn(model, batch):
+        images, labels = batch
+        device = next(model.parameters()).device
+        images, labels = images.to(device), labels.to(device)
+        noise = torch.randn_like(images)
+        timesteps = torch.randint(0, num_timesteps, (images.shape[0],), device=device)
+        noisy = scheduler.add_noise(images, noise, timesteps)
+        other = (labels + torch.randint(1, num_classes, labels.shape, device=device)) % num_classes
+        with torch.no_grad():
+            target = model(noisy, timesteps, class_labels=other).sample
+        prediction = model(noisy, timesteps, class_labels=labels).sample
+        return F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+
+    return loss_fn
+
+
 def class_split(images: torch.Tensor, labels: torch.Tensor, forget_class: int):
     """(forget images/labels, remain images/labels) for forgetting one class."""
     forget = labels == forget_class

@@ -66,7 +66,7 @@ def run(recipe: dict, show_progress: bool = True) -> dict:
     unet.requires_grad_(True)
     mask = build_mask(spec.mask, recipe, unet, loss_fn, forget_batches, remain_batches, config, out_dir)
     stats = mask_stats(mask) if mask is not None else None
-    objective = forget_objective(spec, loss_fn, config, forget_class, num_classes)
+    objective = forget_objective(spec, loss_fn, config, forget_class, num_classes, scheduler)
     history = unlearn(
         unet, objective, loss_fn, forget_batches, remain_batches, config, mask=mask, show_progress=show_progress
     )
@@ -174,17 +174,19 @@ def build_mask(kind, recipe, unet, loss_fn, forget_batches, remain_batches, conf
     return mask
 
 
-def forget_objective(spec, loss_fn, config, forget_class: int, num_classes: int):
-    """Ascent (SFR-on's adaptive loss, or plain GA) or descent on relabelled forget data (RL, SalUn)."""
+def forget_objective(spec, loss_fn, config, forget_class: int, num_classes: int, scheduler=None):
+    """Ascent (SFR-on's adaptive loss, or plain GA), or RL / SalUn's class mapping (descent)."""
     if spec.forget is None:
         return None
     if spec.forget == "ascent":
         return ascent_objective(loss_fn, config.temperature if spec.adaptive else 0.0)
+    if scheduler is not None:
+        return descent_objective(ddpm.class_mapping_loss(scheduler, num_classes))
 
-    def relabel(batch):
+    def relabel(batch):  # families without a mapping loss (DiT): train forget images under other labels
         images, labels = batch
         shift = torch.randint(1, num_classes, labels.shape, device=labels.device)
-        return images, (labels + shift) % num_classes  # any class but the forgotten one
+        return images, (labels + shift) % num_classes
 
     return descent_objective(loss_fn, relabel)
 
