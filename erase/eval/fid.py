@@ -35,27 +35,19 @@ class UInt8Images(Dataset):
         return self.images[i]
 
 
-class DigitCNNFeatureExtractor(FeatureExtractorBase):
-    """The bundled digit classifier as a torch-fidelity extractor: uint8 images in, features out.
+class PenultimateFeatureExtractor(FeatureExtractorBase):
+    """A classifier as a torch-fidelity extractor: uint8 images in, (penultimate, logits) features out.
 
-    Weights come from `feature_extractor_weights_path` (a safetensors file from
-    `save_classifier`). Features are returned in `self.features_list` order, as torch-fidelity
-    expects (it builds that list from a set, so a fixed order would pick the wrong layer).
+    Features are returned in `self.features_list` order, as torch-fidelity expects (it builds that
+    list from a set, so a fixed order would pick the wrong layer). Subclasses give `features_and_logits`.
     """
 
     FEATURES = ("penultimate", "logits")
-
-    def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
-        super().__init__(name, features_list)
-        from erase.families.classifier import load_classifier
-
-        if feature_extractor_weights_path is None:
-            raise ValueError(f"{name} needs feature_extractor_weights_path (the digit classifier safetensors)")
-        self.classifier = load_classifier(feature_extractor_weights_path)
+    DUMMY_SHAPE = (1, 3, 32, 32)
 
     @staticmethod
     def get_provided_features_list():
-        return DigitCNNFeatureExtractor.FEATURES
+        return PenultimateFeatureExtractor.FEATURES
 
     @staticmethod
     def get_default_feature_layer_for_metric(metric):
@@ -65,15 +57,34 @@ class DigitCNNFeatureExtractor(FeatureExtractorBase):
     def can_be_compiled():
         return False
 
-    @staticmethod
-    def get_dummy_input_for_compile():
-        return torch.zeros(1, 1, 8, 8, dtype=torch.uint8)
+    def get_dummy_input_for_compile(self):
+        return torch.zeros(self.DUMMY_SHAPE, dtype=torch.uint8)
+
+    def features_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
 
     def forward(self, x):
-        x = x.float() / 127.5 - 1.0
-        penultimate = self.classifier.features(x)
-        computed = {"penultimate": penultimate, "logits": self.classifier.fc2(penultimate)}
+        penultimate, logits = self.features_and_logits(x)
+        computed = {"penultimate": penultimate, "logits": logits}
         return tuple(computed[name] for name in self.features_list)
+
+
+class DigitCNNFeatureExtractor(PenultimateFeatureExtractor):
+    """The bundled digit classifier; weights from `feature_extractor_weights_path` (`save_classifier` safetensors)."""
+
+    DUMMY_SHAPE = (1, 1, 8, 8)
+
+    def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
+        super().__init__(name, features_list)
+        from erase.families.classifier import load_classifier
+
+        if feature_extractor_weights_path is None:
+            raise ValueError(f"{name} needs feature_extractor_weights_path (the digit classifier safetensors)")
+        self.classifier = load_classifier(feature_extractor_weights_path)
+
+    def features_and_logits(self, x):
+        penultimate = self.classifier.features(x.float() / 127.5 - 1.0)
+        return penultimate, self.classifier.fc2(penultimate)
 
 
 def register_extractors() -> None:
@@ -105,7 +116,7 @@ def fid_kid(
         kwargs["kid_subset_size"] = min(len(generated), len(reference), 1000)
     try:
         metrics = torch_fidelity.calculate_metrics(**kwargs)
-    except (OSError, RuntimeError) as error:
+    except (OSError, RuntimeError):
         if feature_extractor.startswith("inception") and weights_path is None:
             raise UserError(
                 "the Inception weights could not be downloaded; pass the path of the "
@@ -170,33 +181,14 @@ def find_inception_weights(path=None) -> Path:
 def classifier_extractor(classifier) -> str:
     """Register a loaded ImageClassifier as a torch-fidelity extractor (penultimate features, logits)."""
 
-    class ClassifierFeatureExtractor(FeatureExtractorBase):
-        FEATURES = ("penultimate", "logits")
-
+    class ClassifierFeatureExtractor(PenultimateFeatureExtractor):
         def __init__(self, name, features_list, **kwargs):
             super().__init__(name, features_list)
             self.classifier = classifier
 
-        @staticmethod
-        def get_provided_features_list():
-            return ClassifierFeatureExtractor.FEATURES
-
-        @staticmethod
-        def get_default_feature_layer_for_metric(metric):
-            return {"isc": "logits", "fid": "penultimate", "kid": "penultimate", "prc": "penultimate"}[metric]
-
-        @staticmethod
-        def can_be_compiled():
-            return False
-
-        @staticmethod
-        def get_dummy_input_for_compile():
-            return torch.zeros(1, 3, 32, 32, dtype=torch.uint8)
-
-        def forward(self, x):
+        def features_and_logits(self, x):
             penultimate = self.classifier.features(x)
-            computed = {"penultimate": penultimate, "logits": last_layer(self.classifier)(penultimate)}
-            return tuple(computed[name] for name in self.features_list)  # in the order torch-fidelity asked
+            return penultimate, last_layer(self.classifier)(penultimate)
 
     name = f"erase-classifier-{id(classifier):x}"
     if name not in FEATURE_EXTRACTORS_REGISTRY:
