@@ -148,7 +148,7 @@ def main(argv=None) -> int:
             if args.tiny:
                 command.append("--tiny")
             done = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
-                                  env={**os.environ, "PYTHONPATH": str(REPO)})
+                                  env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))})
             line = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")]
             if done.returncode != 0 or not line:
                 print(f"{model_name} {precision} failed:\n{done.stderr[-2000:]}", file=sys.stderr)

@@ -9,7 +9,7 @@ from torch import nn
 from erase.core.fisher import fisher_diagonal, load_fisher, save_fisher
 from erase.core.losses import adaptive_forget_loss, adaptive_weights, ascent_objective
 from erase.core.saliency import gradient_saliency_mask, load_mask, mask_stats, saliency_mask, save_mask
-from erase.core.sfron import SFRonConfig, forget_weight, unlearn
+from erase.core.sfron import SFRonConfig, forget_weight, learning_rate, unlearn
 from erase.errors import NonFiniteLossError
 
 
@@ -144,6 +144,28 @@ def test_outer_rate_interpolates_slow_weights():
         assert torch.allclose(b, s + 0.5 * (a - s), atol=1e-6)
 
 
+def test_cosine_learning_rate_drives_the_steps():
+    model, _, remain = _toy_problem()
+    config = SFRonConfig(steps=4, lr=0.2, lr_schedule="cosine", optimizer="sgd", momentum=0.0, grad_clip=None)
+    assert [learning_rate(config, t) for t in (0, 2)] == pytest.approx([0.2, 0.1])
+    seen = []
+
+    def recording_loss(model, batch):
+        seen.append({n: p.detach().clone() for n, p in model.named_parameters()})
+        return squared_error(model, batch)
+
+    history = unlearn(model, None, recording_loss, None, remain, config, show_progress=False)
+    assert [r["lr"] for r in history] == pytest.approx([learning_rate(config, t) for t in range(4)])
+    # Plain SGD: each update is that step's rate times the gradient at that step's weights.
+    for t in range(3):
+        params = {n: w.clone().requires_grad_(True) for n, w in seen[t].items()}
+        x, y = remain[0]
+        loss = ((torch.func.functional_call(model, params, (x,)).squeeze(-1) - y) ** 2).mean()
+        grads = torch.autograd.grad(loss, list(params.values()))
+        for (n, w), g in zip(params.items(), grads):
+            assert torch.allclose(seen[t + 1][n], w.detach() - learning_rate(config, t) * g, atol=1e-6), (t, n)
+
+
 def test_non_finite_loss_stops_the_loop():
     model, forget, remain = _toy_problem()
 
@@ -161,6 +183,8 @@ def test_config_validation():
         SFRonConfig.from_dict({"stepz": 3})
     with pytest.raises(ValueError):
         SFRonConfig(optimizer="lion").validate()
+    with pytest.raises(ValueError):
+        SFRonConfig(lr_schedule="linear").validate()
 
 
 def test_one_call_api_masks_and_forgets():

@@ -27,6 +27,9 @@ def fisher_diagonal(
 ) -> dict[str, torch.Tensor]:
     """F = mean over batches of (dL_batch/dθ)², accumulated in fp32 on the weights' device.
 
+    With an accelerator, the forward runs under its autocast (its mixed precision); the squares
+    are still summed in fp32.
+
     `loss_fn(model, batch)` returns per-sample losses; L_batch is their mean. Under several
     processes (accelerate launch) each process passes its own batches and the sums and batch
     counts are all-reduced, so the result equals one process seeing all batches.
@@ -40,10 +43,12 @@ def fisher_diagonal(
         if num_batches is not None and i >= num_batches:
             break
         model.zero_grad(set_to_none=True)
-        loss = loss_fn(model, batch).mean()
         if accelerator is not None:
+            with accelerator.autocast():  # the run's mixed precision (bf16 on a GPU: several times faster)
+                loss = loss_fn(model, batch).mean()
             accelerator.backward(loss)
         else:
+            loss = loss_fn(model, batch).mean()
             loss.backward()
         _accumulate_squares(sums, params)
         count += 1

@@ -30,6 +30,7 @@ class SFRonConfig:
 
     steps: int = 50
     lr: float = 1e-4
+    lr_schedule: str = "constant"  # constant | cosine (to 0 over the run, as the official classifier code)
     optimizer: str = "adam"  # adam | adamw | sgd
     momentum: float = 0.9  # sgd only
     weight_decay: float = 0.0
@@ -65,6 +66,8 @@ class SFRonConfig:
             raise ValueError(f"forget_every must be >= 1, got {self.forget_every}")
         if not 0 < self.outer_lr <= 1:
             raise ValueError(f"outer_lr must be in (0, 1], got {self.outer_lr}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"lr_schedule must be constant or cosine, got {self.lr_schedule!r}")
         if self.optimizer not in ("adam", "adamw", "sgd"):
             raise ValueError(f"optimizer must be adam, adamw or sgd, got {self.optimizer!r}")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
@@ -78,12 +81,22 @@ def forget_weight(config: SFRonConfig, step: int) -> float:
     return config.forget_alpha * 0.5 * (1.0 + math.cos(math.pi * step / config.steps))
 
 
+def learning_rate(config: SFRonConfig, step: int) -> float:
+    """The rate of both steps of step t: constant, or a cosine from lr to 0 over the run."""
+    if config.lr_schedule == "constant":
+        return config.lr
+    return config.lr * 0.5 * (1.0 + math.cos(math.pi * step / config.steps))
+
+
 def make_optimizer(params, config: SFRonConfig) -> torch.optim.Optimizer:
+    # Adam's fused CUDA kernel updates every tensor in a few launches (large models on a GPU);
+    # elsewhere the default (foreach) implementation is used.
+    fused = {"fused": True} if params and all(p.is_cuda for p in params) else {}
     if config.optimizer == "sgd":
         return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     if config.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, **fused)
+    return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, **fused)
 
 
 def cycle(batches: Iterable) -> Iterator:
@@ -159,6 +172,10 @@ def unlearn(
     bar = tqdm(range(config.steps), desc="unlearning", disable=not show_progress or not accelerator.is_local_main_process)
     for step in bar:
         record = {"step": step + 1}
+        if config.lr_schedule != "constant":
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(config, step)
+        record["lr"] = optimizer.param_groups[0]["lr"]
         if forget_iter is not None and step % config.forget_every == 0:
             alpha_f = forget_weight(config, step)
             batch = send_to_device(next(forget_iter), accelerator.device)
