@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_SETTINGS = "b2,b2-ckpt,b4-ckpt0,b8-ckpt,b16-ckpt,b8-ckpt-cl,b2-compile,b8-ckpt-compile"
+DEFAULT_SETTINGS = "b2,b16-ckpt,b8-compile,b2-ckpt,b4-ckpt0,b8,b8-ckpt"
 # Dense bf16 peaks (TFLOP/s) from the vendors' data sheets, matched on torch.cuda.get_device_name().
 BF16_PEAK_TFLOPS = [("H100 PCIe", 756.0), ("H100", 989.4), ("H200", 989.4), ("GH200", 989.4), ("A100", 312.0),
                     ("L40S", 362.1), ("RTX 4090", 165.2), ("A10G", 70.0), ("L4", 121.0)]
@@ -122,8 +122,8 @@ def measure(name: str, tiny: bool, device: str, steps: int, warmup: int) -> dict
     n = batch * 4
     forget_set = TensorDataset(torch.randn(n, channels, side, side), torch.randn(n, 77, text_dim), torch.randn(n, 77, text_dim))
     remain_set = TensorDataset(torch.randn(n, channels, side, side), torch.randn(n, 77, text_dim))
-    forget = DataLoader(forget_set, batch_size=batch, shuffle=True, drop_last=True)
-    remain = DataLoader(remain_set, batch_size=batch, shuffle=True, drop_last=True)
+    forget = DataLoader(forget_set, batch_size=batch, shuffle=True, drop_last=True, pin_memory=cuda)
+    remain = DataLoader(remain_set, batch_size=batch, shuffle=True, drop_last=True, pin_memory=cuda)
     forget_objective = descent_objective(sd.mapping_loss(scheduler))
     remain_loss = sd.epsilon_loss(scheduler)
 

@@ -127,6 +127,29 @@ def test_confine_to_mask_keeps_remain_steps_inside_the_mask_too(tiny_sd, tmp_pat
     assert metrics["patch"]["bytes"] < metrics["patch"]["unet_bytes"]
 
 
+def test_gradient_checkpointing_recomputes_and_gives_the_same_weights(tiny_sd, tmp_path, capsys, monkeypatch):
+    from diffusers.models.resnet import ResnetBlock2D
+
+    count = []
+    forward = ResnetBlock2D.forward
+
+    def counting_forward(self, *args, **kwargs):
+        count.append(1)
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(ResnetBlock2D, "forward", counting_forward)
+    common = ["--model", tiny_sd, "--steps", 2, "--lr", 1e-3, "--eval-samples", 0, *TINY]
+    calls = {}
+    for name, extra in (("plain", []), ("checkpointed", ["--gradient-checkpointing"])):
+        count.clear()
+        code, _, err = run_cli(["sd", "--out", tmp_path / name, *common, *extra], capsys)
+        assert code == 0, err
+        calls[name] = len(count)
+    assert calls["checkpointed"] > calls["plain"]  # block forwards run again in the backward pass
+    plain, checkpointed = unet_weights(tmp_path / "plain" / "model"), unet_weights(tmp_path / "checkpointed" / "model")
+    assert all(torch.allclose(plain[n], checkpointed[n], atol=1e-6) for n in plain)
+
+
 @pytest.mark.parametrize("method, train", [("esd", "xattn"), ("salun", "full"), ("ga", "noxattn")])
 def test_baselines_share_the_harness(method, train, tiny_sd, tmp_path, capsys):
     run = tmp_path / method

@@ -26,6 +26,8 @@ def register(subparsers) -> None:
     parser.add_argument("--forget-loss", choices=["mapping", "ascent", "adaptive"], default=None,
                         help="forget objective of sfron/rl/salun/ga (default: mapping; ga: ascent)")
     parser.add_argument("--train", choices=["full", "xattn", "noxattn"], default=None, help="UNet part to erase (default full)")
+    parser.add_argument("--gradient-checkpointing", action="store_const", const=True, default=None,
+                        help="recompute UNet activations in the backward pass: batch 16 at 512² in ~16 GiB")
     parser.add_argument("--gamma", type=positive_float, default=None, help="saliency threshold γ (default 1)")
     parser.add_argument("--lr", type=positive_float, default=None, help="learning rate (default 1e-5)")
     parser.add_argument("--batch-size", type=positive_int, default=None, help="training batch (default 2)")
@@ -61,6 +63,7 @@ def build_recipe(args) -> dict:
         ("method", "name"): args.method,
         ("method", "forget_loss"): args.forget_loss,
         ("method", "train"): args.train,
+        ("method", "gradient_checkpointing"): args.gradient_checkpointing,
         ("sfron", "steps"): args.steps,
         ("sfron", "gamma"): args.gamma,
         ("sfron", "lr"): args.lr,

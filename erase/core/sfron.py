@@ -172,35 +172,36 @@ def unlearn(
     bar = tqdm(range(config.steps), desc="unlearning", disable=not show_progress or not accelerator.is_local_main_process)
     for step in bar:
         record = {"step": step + 1}
+        losses = {}  # read once at the end of the step: one GPU sync per step, not one per loss
         if config.lr_schedule != "constant":
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(config, step)
         record["lr"] = optimizer.param_groups[0]["lr"]
         if forget_iter is not None and step % config.forget_every == 0:
             alpha_f = forget_weight(config, step)
-            batch = send_to_device(next(forget_iter), accelerator.device)
+            batch = send_to_device(next(forget_iter), accelerator.device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
             with accelerator.autocast():
                 objective, reported = forget_objective(model, batch)
-            _check_finite(objective, "forget", step)
+            losses["forget"] = (objective.detach(), torch.as_tensor(reported).detach())
             accelerator.backward(alpha_f * objective)
             if gradient_mask is not None:
                 gradient_mask.apply()
             if config.grad_clip:
                 accelerator.clip_grad_norm_(params, config.grad_clip)
             optimizer.step()
-            record.update(forget_loss=float(reported), forget_alpha=alpha_f)
+            record["forget_alpha"] = alpha_f
         if remain_iter is not None:
-            batch = send_to_device(next(remain_iter), accelerator.device)
+            batch = send_to_device(next(remain_iter), accelerator.device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
             with accelerator.autocast():
                 remain_loss = remain_loss_fn(model, batch).mean()
-            _check_finite(remain_loss, "remain", step)
+            losses["remain"] = (remain_loss.detach(),) * 2
             accelerator.backward(config.remain_alpha * remain_loss)
             if config.grad_clip:
                 accelerator.clip_grad_norm_(params, config.grad_clip)
             optimizer.step()
-            record["remain_loss"] = float(remain_loss.detach())
+        record.update(_read_losses(losses, step))
         if slow is not None and ((step + 1) % config.forget_every == 0 or step + 1 == config.steps):
             _outer_update(slow, params, config.outer_lr)
         record["seconds"] = time.perf_counter() - start
@@ -221,9 +222,22 @@ def _outer_update(slow: list[torch.Tensor], fast: list[torch.nn.Parameter], rate
         p.copy_(s)
 
 
-def _check_finite(loss: torch.Tensor, which: str, step: int) -> None:
-    value = float(loss.detach())
-    if not math.isfinite(value):
-        raise NonFiniteLossError(
-            f"the {which} loss became {value} at step {step + 1}; lower the learning rate or the forget weight"
-        )
+def _read_losses(losses: dict[str, tuple[torch.Tensor, torch.Tensor]], step: int) -> dict[str, float]:
+    """The step's reported losses as floats; NonFiniteLossError if an objective or loss is NaN/inf.
+
+    Read after the step's updates are queued, so the GPU never waits for the host mid-step. A
+    non-finite step has already been applied, but the run stops and nothing is exported.
+    """
+    if not losses:
+        return {}
+    values = torch.stack([t.float().reshape(()) for pair in losses.values() for t in pair]).tolist()
+    record = {}
+    for k, which in enumerate(losses):
+        objective, reported = values[2 * k], values[2 * k + 1]
+        for value in (objective, reported):
+            if not math.isfinite(value):
+                raise NonFiniteLossError(
+                    f"the {which} loss became {value} at step {step + 1}; lower the learning rate or the forget weight"
+                )
+        record[f"{which}_loss"] = reported
+    return record

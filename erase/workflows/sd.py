@@ -8,7 +8,7 @@ diffusers folder plus a patch of the changed UNet weights.
 
 Recipe sections: [model] path; [forget] prompts, prompts_file, anchor; [remain] prompts,
 prompts_file; [data] num_images, batch_size, guidance, inference_steps, height, width,
-generate_batch_size, seed; [method] name, forget_loss, train, remain_steps, confine_to_mask,
+generate_batch_size, seed; [method] name, forget_loss, train, remain_steps, confine_to_mask, gradient_checkpointing,
 negative_guidance; [sfron] (SFRonConfig); [fisher] batches, reuse, salun_fraction;
 [eval] samples, seed, guidance, inference_steps, nudenet, threshold; [output] dir.
 """
@@ -95,6 +95,8 @@ def run(recipe: dict, show_progress: bool = True) -> dict:
     stats = mask_stats(mask) if mask is not None else None
     objective = forget_objective(settings, unet, pipeline.scheduler, eps_loss, table[""])
     hooks = confine_to_mask(unet, mask) if settings.confine_to_mask else []
+    if settings.gradient_checkpointing:  # less activation memory for larger batches; same result
+        unet.enable_gradient_checkpointing()
     history = unlearn(
         unet, objective, eps_loss if settings.remain_steps else None, forget_batches,
         remain_batches if settings.remain_steps else None, settings.config, mask=mask, accelerator=accelerator,
@@ -102,6 +104,8 @@ def run(recipe: dict, show_progress: bool = True) -> dict:
     )
     for hook in hooks:
         hook.remove()
+    if settings.gradient_checkpointing:
+        unet.disable_gradient_checkpointing()
     unet.requires_grad_(False).eval()
     erase_seconds = time.perf_counter() - erase_started
 
@@ -161,6 +165,7 @@ class Settings:
             raise UserError(f"train must be one of {', '.join(sd.TRAIN_SELECTIONS)}, got {self.train!r}")
         self.remain_steps = bool(method.get("remain_steps", self.method != "esd"))
         self.confine_to_mask = bool(method.get("confine_to_mask", False))
+        self.gradient_checkpointing = bool(method.get("gradient_checkpointing", False))
         if self.confine_to_mask and self.spec.mask is None:
             raise UserError(f"confine_to_mask needs a method with a mask (sfron, salun), not {self.method}")
         self.negative_guidance = float(method.get("negative_guidance", 1.0))
