@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from erase.core.fisher import fisher_diagonal, load_fisher, save_fisher
+from erase.core.fisher import fisher_diagonal, gradient_sum, load_fisher, save_fisher
 from erase.core.losses import adaptive_forget_loss, adaptive_weights, ascent_objective
 from erase.core.saliency import gradient_saliency_mask, load_mask, mask_stats, saliency_mask, save_mask
 from erase.core.sfron import SFRonConfig, forget_weight, learning_rate, unlearn
@@ -29,6 +29,27 @@ def test_fisher_is_mean_of_squared_batch_gradients():
     assert torch.allclose(fisher["weight"], torch.tensor([[(4 + 0) / 2, (0 + 16) / 2]]))
     assert fisher["weight"].dtype == torch.float32
     assert model.weight.grad is None  # leaves no gradients behind
+
+
+def test_gradient_sum_adds_batch_gradients_in_eval_mode():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Dropout(0.5), nn.Linear(4, 1))
+    batches = [(torch.randn(5, 3), torch.randn(5)) for _ in range(3)]
+    model.eval()
+    expected = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+    for batch in batches:
+        model.zero_grad()
+        squared_error(model, batch).mean().backward()
+        for n, p in model.named_parameters():
+            expected[n] += p.grad
+    model.train()
+    sums = gradient_sum(model, squared_error, batches, num_batches=3, show_progress=False)
+    assert model.training  # restored
+    for n in expected:
+        assert torch.allclose(sums[n], expected[n], atol=1e-6), n
+    assert all(torch.equal(a, b) for a, b in zip(
+        gradient_sum(model, squared_error, batches, num_batches=1, show_progress=False).values(),
+        gradient_sum(model, squared_error, batches[:1], show_progress=False).values()))
 
 
 def test_fisher_round_trip(tmp_path):

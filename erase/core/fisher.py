@@ -34,11 +34,34 @@ def fisher_diagonal(
     processes (accelerate launch) each process passes its own batches and the sums and batch
     counts are all-reduced, so the result equals one process seeing all batches.
     """
+    sums, count = _stream_gradients(model, loss_fn, batches, accelerator, num_batches, desc, show_progress, squared=True)
+    return {name: s / count for name, s in sums.items()}
+
+
+def gradient_sum(
+    model: torch.nn.Module,
+    loss_fn: Callable,
+    batches: Iterable,
+    accelerator=None,
+    num_batches: int | None = None,
+    desc: str = "forget gradient",
+    show_progress: bool = True,
+) -> dict[str, torch.Tensor]:
+    """Σ over batches of dL_batch/dθ (fp32): what SalUn's mask ranks by magnitude."""
+    sums, _ = _stream_gradients(model, loss_fn, batches, accelerator, num_batches, desc, show_progress, squared=False)
+    return sums
+
+
+def _stream_gradients(model, loss_fn, batches, accelerator, num_batches, desc, show_progress, squared: bool):
+    """One backward per batch, gradients (or their squares) summed; returns (sums, batch count).
+
+    The model is in eval mode meanwhile (dropout off: the statistics describe the model as it is).
+    """
     params = trainable_parameters(_unwrap(model, accelerator))
     sums = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in params.items()}
     count = 0
     was_training = model.training
-    model.eval()  # dropout off: the Fisher describes the model as it is
+    model.eval()
     for i, batch in enumerate(tqdm(batches, desc=desc, total=num_batches, disable=not show_progress, leave=False)):
         if num_batches is not None and i >= num_batches:
             break
@@ -50,7 +73,7 @@ def fisher_diagonal(
         else:
             loss = loss_fn(model, batch).mean()
             loss.backward()
-        _accumulate_squares(sums, params)
+        _accumulate(sums, params, squared)
         count += 1
     model.zero_grad(set_to_none=True)
     model.train(was_training)
@@ -60,19 +83,21 @@ def fisher_diagonal(
             sums[name] = accelerator.reduce(sums[name], reduction="sum")
         count_tensor = accelerator.reduce(count_tensor, reduction="sum")
     if count_tensor.item() == 0:
-        raise ValueError("fisher_diagonal got no batches")
-    return {name: s / count_tensor for name, s in sums.items()}
+        raise ValueError(f"{desc}: got no batches")
+    return sums, count_tensor
 
 
-def _accumulate_squares(sums: dict[str, torch.Tensor], params: dict[str, torch.nn.Parameter]) -> None:
-    """sums += grad² for every parameter with a gradient, in one fused call (no temporary per tensor)."""
+def _accumulate(sums: dict[str, torch.Tensor], params: dict[str, torch.nn.Parameter], squared: bool) -> None:
+    """sums += grad² (or grad) for every parameter with a gradient, in one fused call."""
     targets, grads = [], []
     for name, p in params.items():
         if p.grad is not None:
             targets.append(sums[name])
             grads.append(p.grad.detach().float())  # no copy when already fp32
-    if targets:
+    if targets and squared:
         torch._foreach_addcmul_(targets, grads, grads)
+    elif targets:
+        torch._foreach_add_(targets, grads)
 
 
 def save_fisher(fisher: dict[str, torch.Tensor], path) -> None:

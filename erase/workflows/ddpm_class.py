@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from erase.core.baselines import method_spec
-from erase.core.fisher import fisher_diagonal, load_fisher, save_fisher
+from erase.core.fisher import fisher_diagonal, gradient_sum, load_fisher, save_fisher
 from erase.core.io import atomic_directory
 from erase.core.losses import ascent_objective, descent_objective
 from erase.core.saliency import (
@@ -150,15 +150,7 @@ def build_mask(kind, recipe, unet, loss_fn, forget_batches, remain_batches, conf
     fisher_cfg = recipe.get("fisher", {})
     num_batches = int(fisher_cfg.get("batches", 8))
     if kind == "gradient":
-        gradients = {n: torch.zeros_like(p) for n, p in unet.named_parameters()}
-        for i, batch in enumerate(forget_batches):
-            if i >= num_batches:
-                break
-            unet.zero_grad(set_to_none=True)
-            loss_fn(unet, batch).mean().backward()
-            for n, p in unet.named_parameters():
-                gradients[n] += p.grad.detach()
-        unet.zero_grad(set_to_none=True)
+        gradients = gradient_sum(unet, loss_fn, forget_batches, num_batches=num_batches)
         return gradient_saliency_mask(gradients, float(fisher_cfg.get("salun_fraction", 0.5)))
     forget_path, remain_path = out_dir / "fisher_forget.safetensors", out_dir / "fisher_remain.safetensors"
     if fisher_cfg.get("reuse", False) and forget_path.exists() and remain_path.exists():

@@ -27,7 +27,7 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader, TensorDataset
 
 from erase.core.baselines import MethodSpec, method_spec
-from erase.core.fisher import fisher_diagonal, load_fisher, save_fisher
+from erase.core.fisher import fisher_diagonal, gradient_sum, load_fisher, save_fisher
 from erase.core.io import atomic_write_json
 from erase.core.losses import ascent_objective, descent_objective
 from erase.core.saliency import (
@@ -271,19 +271,8 @@ def build_mask(settings: Settings, unet, eps_loss, forget_batches, remain_batche
     num_batches = int(fisher_cfg.get("batches", 500))
     torch.manual_seed(settings.config.seed)
     if kind == "gradient":
-        params = {n: p for n, p in unet.named_parameters() if p.requires_grad}
-        gradients = {n: torch.zeros_like(p) for n, p in params.items()}
-        for i, batch in enumerate(forget_batches):
-            if i >= num_batches:
-                break
-            unet.zero_grad(set_to_none=True)
-            batch = [t.to(accelerator.device) for t in batch]
-            with accelerator.autocast():
-                loss = eps_loss(unet, batch).mean()
-            accelerator.backward(loss)
-            for n, p in params.items():
-                gradients[n] += p.grad.detach()
-        unet.zero_grad(set_to_none=True)
+        gradients = gradient_sum(unet, eps_loss, _on_device(forget_batches, accelerator), accelerator=accelerator,
+                                 num_batches=num_batches, show_progress=show_progress)
         return gradient_saliency_mask(gradients, float(fisher_cfg.get("salun_fraction", 0.5)))
     key = _fisher_key(settings, num_batches)
     forget_path, remain_path = out_dir / "fisher_forget.safetensors", out_dir / "fisher_remain.safetensors"
