@@ -60,13 +60,15 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=None, help="step budget for every method (default: the recipe's)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1; every figure is the mean over them")
     parser.add_argument("--tune", action="store_true", help="every method over the shared grid (see GRID, KNOBS)")
+    parser.add_argument("--methods", nargs="+", choices=ORDER, default=list(ORDER),
+                        help="methods to run (all by default; e.g. re-tune one whose code path changed)")
     parser.add_argument("--jobs", type=int, default=1, help="run the tasks in this many processes (1 thread each)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
     parser.add_argument("--json", type=Path, default=None, help="also write every result here")
     args = parser.parse_args()
 
     started = time.perf_counter()
-    work = [(task, args.steps, args.seeds, args.tune, args.threads) for task in args.tasks]
+    work = [(task, args.steps, args.seeds, args.tune, args.threads, tuple(args.methods)) for task in args.tasks]
     if args.jobs > 1:
         with ProcessPoolExecutor(max_workers=args.jobs) as pool:
             outcomes = list(pool.map(run_task, work))
@@ -85,7 +87,7 @@ def main() -> int:
 
 
 def run_task(item) -> tuple[str, dict]:
-    task, steps, seeds, tuned, threads = item
+    task, steps, seeds, tuned, threads, methods = item
     torch.set_num_threads(threads)
     recipe = load_recipe(PIPELINES_DIR / f"classifier-digits-{task}.toml")
     recipe.setdefault("eval", {})["retrain"] = True
@@ -95,7 +97,7 @@ def run_task(item) -> tuple[str, dict]:
     setups = [prepare(seeded(recipe, task, seed), show_progress=False) for seed in range(seeds)] if task == "random" \
         else [prepare(recipe, show_progress=False)] * seeds  # class: one split, one retrained model
     setup_seconds = time.perf_counter() - started
-    rows = tune(setups, recipe) if tuned else compare(setups, recipe)
+    rows = tune(setups, recipe, methods) if tuned else compare(setups, recipe, methods)
     result = {"setup_seconds": setup_seconds, "rows": rows,
               "original": [s.original_metrics for s in setups], "retrained": [s.retrained_metrics for s in setups]}
     return markdown(task, recipe, setups, rows, tuned, setup_seconds), result
@@ -132,19 +134,19 @@ def settings_of(method: str, config, salun_fraction: float) -> dict:
     return setting
 
 
-def compare(setups, recipe) -> list[dict]:
+def compare(setups, recipe, methods=ORDER) -> list[dict]:
     rows = []
-    for method in ORDER:
+    for method in (m for m in ORDER if m in methods):
         config = method_config(recipe, method)
         fraction = setups[0].salun_fraction
         rows.append({**trial(setups, method, config), "config": settings_of(method, config, fraction)})
     return rows
 
 
-def tune(setups, recipe) -> list[dict]:
+def tune(setups, recipe, methods=ORDER) -> list[dict]:
     """Every method over the same grid (+ its own knob, if any); the best setting per method first."""
     rows = []
-    for method in ORDER:
+    for method in (m for m in ORDER if m in methods):
         grid = {k: GRID[k] for k in FT_GRID} if METHODS[method].forget is None else dict(GRID)
         if method in KNOBS:
             name, values = KNOBS[method]

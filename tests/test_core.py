@@ -52,6 +52,27 @@ def test_gradient_sum_adds_batch_gradients_in_eval_mode():
         gradient_sum(model, squared_error, batches[:1], show_progress=False).values()))
 
 
+def test_fisher_iterates_a_data_loader_once():
+    """A shuffled DataLoader is drawn once per pass: the Fisher sees the batches a plain loop would."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    data = TensorDataset(torch.randn(40, 4), torch.randn(40))
+
+    def loader():
+        return DataLoader(data, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(0))
+
+    model = nn.Linear(4, 1)
+    seen = []
+
+    def recording(model, batch):
+        seen.append(batch[1])
+        return (model(batch[0]).squeeze(-1) - batch[1]) ** 2
+
+    fisher_diagonal(model, recording, loader(), num_batches=3, show_progress=True)
+    expected = [y for _, y in loader()][:3]
+    assert len(seen) == 3 and all(torch.equal(a, b) for a, b in zip(seen, expected))
+
+
 def test_fisher_round_trip(tmp_path):
     fisher = {"a": torch.rand(3, 4), "b.c": torch.rand(5)}
     save_fisher(fisher, tmp_path / "f.safetensors")

@@ -62,7 +62,10 @@ def _stream_gradients(model, loss_fn, batches, accelerator, num_batches, desc, s
     count = 0
     was_training = model.training
     model.eval()
-    for i, batch in enumerate(tqdm(batches, desc=desc, total=num_batches, disable=not show_progress, leave=False)):
+    # The bar is updated by hand: wrapping `batches` in tqdm.auto would call iter() on it twice,
+    # which reshuffles a DataLoader once more (and starts its workers twice).
+    bar = tqdm(desc=desc, total=num_batches, disable=not show_progress, leave=False)
+    for i, batch in enumerate(batches):
         if num_batches is not None and i >= num_batches:
             break
         model.zero_grad(set_to_none=True)
@@ -75,6 +78,8 @@ def _stream_gradients(model, loss_fn, batches, accelerator, num_batches, desc, s
             loss.backward()
         _accumulate(sums, params, squared)
         count += 1
+        bar.update(1)
+    bar.close()
     model.zero_grad(set_to_none=True)
     model.train(was_training)
     count_tensor = torch.tensor(float(count), device=next(iter(sums.values())).device)

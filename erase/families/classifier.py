@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from erase.core.baselines import MethodSpec
-from erase.core.fisher import fisher_diagonal, trainable_parameters
+from erase.core.fisher import fisher_diagonal, gradient_sum
 from erase.core.losses import ascent_objective, descent_objective
 from erase.core.saliency import gradient_saliency_mask, saliency_mask
 from erase.core.sfron import SFRonConfig, unlearn
@@ -233,7 +233,9 @@ def method_mask(
     if spec.mask is None:
         return None, None
     if spec.mask == "gradient":
-        return gradient_saliency_mask(forget_gradients(model, forget_batches, fisher_batches), salun_fraction), None
+        gradients = gradient_sum(model, cross_entropy_loss, forget_batches,
+                                 num_batches=fisher_batches, show_progress=False)
+        return gradient_saliency_mask(gradients, salun_fraction), None
     if fisher is None:
         torch.manual_seed(config.seed)
         fisher = (
@@ -243,26 +245,6 @@ def method_mask(
                             desc="fisher (remain)", show_progress=False),
         )
     return saliency_mask(fisher[0], fisher[1], config.gamma), fisher
-
-
-def forget_gradients(model: nn.Module, forget_batches, num_batches: int | None = None) -> dict[str, torch.Tensor]:
-    """Σ over forget batches of ∇ mean cross-entropy: what SalUn ranks by magnitude."""
-    params = trainable_parameters(model)
-    sums = {name: torch.zeros_like(p) for name, p in params.items()}
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    for i, (inputs, labels) in enumerate(forget_batches):
-        if num_batches is not None and i >= num_batches:
-            break
-        model.zero_grad(set_to_none=True)
-        cross_entropy_loss(model, (inputs.to(device), labels.to(device))).mean().backward()
-        for name, p in params.items():
-            if p.grad is not None:
-                sums[name] += p.grad.detach()
-    model.zero_grad(set_to_none=True)
-    model.train(was_training)
-    return sums
 
 
 def fit(model: nn.Module, train_batches, config: SFRonConfig, show_progress: bool = True) -> nn.Module:
