@@ -1,0 +1,113 @@
+"""Score one setting of the demo recipe on every digit, cheaply: the tuning harness behind BENCHMARKS.md.
+
+    OMP_NUM_THREADS=1 python bench/demo_sweep.py [--set key=value ...] [--classes 0 1 ...] [--label NAME]
+
+It runs exactly the erase part of `erase demo` (same data, Fisher, mask, loop and seeds), then
+generates the evaluation images with the recipe's counts and seeds and scores them with the digit
+CNN, so FA and remaining accuracy equal those of the full run (`bench/demo_classes.py`). It skips
+what does not depend on the setting or does not decide the bar: the "before" evaluation is computed
+once per digit and cached, and no FID, grids or exported model are made. One line per digit, then a
+summary: how many digits meet the bar (FA ≤ 0.05 and remaining accuracy within 0.02 of before).
+Results are appended to runs/demo-sweep/results.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from erase.commands.demo import DEMO_RECIPE
+from erase.core.baselines import method_spec
+from erase.core.sfron import unlearn
+from erase.families import ddpm
+from erase.recipes import apply_overrides, load_recipe, resolve_path
+from erase.workflows import ddpm_class
+
+FA_BAR = 0.05
+REMAINING_DROP_BAR = 0.02
+
+
+def erase_digit(recipe: dict, work_dir: Path):
+    """The erase half of ddpm_class.run, step for step (same seeds): returns (pipeline, mask fraction)."""
+    forget_class = int(recipe["forget"]["class"])
+    spec = method_spec(recipe.get("method", {}).get("name", "sfron"))
+    config = ddpm_class.sfron_config(recipe)
+    torch.manual_seed(config.seed)
+    pipeline = ddpm.load_or_build_pipeline(recipe["model"])
+    unet, scheduler = pipeline.unet, pipeline.scheduler
+    images, labels = ddpm_class.training_data(recipe, pipeline)
+    (f_images, f_labels), (r_images, r_labels) = ddpm.class_split(images, labels, forget_class)
+    batch_size = int(recipe.get("data", {}).get("batch_size", 64))
+    forget_batches = ddpm.batches(f_images, f_labels, batch_size, config.seed)
+    remain_batches = ddpm.batches(r_images, r_labels, batch_size, config.seed + 1)
+    loss_fn = ddpm.epsilon_loss(scheduler)
+    unet.requires_grad_(True)
+    mask = ddpm_class.build_mask(spec.mask, recipe, unet, loss_fn, forget_batches, remain_batches, config, work_dir)
+    objective = ddpm_class.forget_objective(spec, loss_fn, config, forget_class, pipeline.num_classes, scheduler)
+    unlearn(unet, objective, loss_fn, forget_batches, remain_batches, config, mask=mask, show_progress=False)
+    unet.requires_grad_(False)
+    kept = sum(int(m.sum()) for m in mask.values()) / sum(m.numel() for m in mask.values()) if mask else 1.0
+    return pipeline, kept
+
+
+def scores(result: dict) -> dict:
+    return {"fa": result["fa"], "remaining_accuracy": result["remaining_accuracy"],
+            "per_class_accuracy": result["per_class_accuracy"]}
+
+
+def cached_before(recipe: dict, cache_path: Path) -> dict:
+    """The untouched model's scores for this digit and evaluation (they do not depend on the setting)."""
+    cfg = recipe["eval"]
+    key = f"{recipe['forget']['class']}/{cfg['forget_samples']}/{cfg['samples_per_class']}/{cfg['inference_steps']}/{cfg['guidance']}/{cfg['seed']}"
+    cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+    if key not in cache:
+        evaluator = ddpm_class.make_evaluator(recipe, 10, int(recipe["forget"]["class"]))
+        cache[key] = scores(evaluator.evaluate(ddpm.load_or_build_pipeline(recipe["model"]), "before"))
+        cache_path.write_text(json.dumps(cache, indent=1))
+    return cache[key]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--classes", type=int, nargs="+", default=list(range(10)))
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--label", default=None, help="name of the setting in results.jsonl (default: the overrides)")
+    parser.add_argument("--out", default="runs/demo-sweep")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    label = args.label or (" ".join(args.overrides) or "shipped")
+    rows, passed = [], 0
+    for k in args.classes:
+        recipe = apply_overrides(load_recipe(resolve_path(DEMO_RECIPE)), args.overrides)
+        recipe["forget"]["class"] = k
+        recipe["eval"]["fid"] = False
+        before = cached_before(recipe, out / "before.json")
+        started = time.perf_counter()
+        pipeline, kept = erase_digit(recipe, out / "work")
+        erase_seconds = time.perf_counter() - started
+        after = scores(ddpm_class.make_evaluator(recipe, 10, k).evaluate(pipeline, "after"))
+        drop = before["remaining_accuracy"] - after["remaining_accuracy"]
+        ok = after["fa"] <= FA_BAR + 1e-6 and drop <= REMAINING_DROP_BAR + 1e-9
+        passed += ok
+        row = {"label": label, "digit": k, "mask": kept, "fa": after["fa"], "remaining_before": before["remaining_accuracy"],
+               "remaining_after": after["remaining_accuracy"], "drop": drop, "ok": ok, "seconds_erase": erase_seconds,
+               "after_per_class": after["per_class_accuracy"]}
+        rows.append(row)
+        print(f"digit {k}: mask {kept:.1%}  FA {after['fa']:.2f}  remaining {before['remaining_accuracy']:.3f} → "
+              f"{after['remaining_accuracy']:.3f} (−{drop * 100:.1f} pt)  {'ok' if ok else '--'}  erase {erase_seconds:.0f} s",
+              flush=True)
+        with open(out / "results.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+    worst_fa = max(r["fa"] for r in rows)
+    worst_drop = max(r["drop"] for r in rows)
+    print(f"{label}: {passed}/{len(rows)} digits meet the bar; worst FA {worst_fa:.2f}, worst drop {worst_drop * 100:.1f} pt, "
+          f"mean erase {sum(r['seconds_erase'] for r in rows) / len(rows):.0f} s")
+
+
+if __name__ == "__main__":
+    main()
