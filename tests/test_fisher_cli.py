@@ -93,3 +93,12 @@ def test_fisher_refuses_a_recipe_of_another_family_before_writing(tmp_path, caps
     out = tmp_path / "out"
     assert main(["fisher", str(recipe), "--out", str(out)]) == 2
     assert "DDPM class recipes" in capsys.readouterr().err and not out.exists()
+
+
+def test_python_dash_m_runs_the_cli():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "erase", "mask", "--help"], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "usage: erase mask" in done.stdout

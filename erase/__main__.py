@@ -1,0 +1,7 @@
+"""`python -m erase ...`: the same as the `erase` command."""
+
+import sys
+
+from erase.cli import main
+
+sys.exit(main())
