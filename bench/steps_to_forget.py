@@ -117,7 +117,8 @@ def run_key(method: str, config: dict) -> str:
 def describe(run: dict, recipe: dict) -> str:
     """The hyper-parameters a run used, for the table."""
     c, spec = run["config"], method_spec(run["method"])
-    parts = [f"{c.get('optimizer', 'adam').capitalize()} lr {c.get('lr', 1e-4):g}"]
+    schedule = f" cosine→0 over {c.get('steps', 50)}" if c.get("lr_schedule") == "cosine" else ""
+    parts = [f"{c.get('optimizer', 'adam').capitalize()} lr {c.get('lr', 1e-4):g}{schedule}"]
     if spec.forget is not None:
         decay = " cosine→0" if c.get("decay_forget_alpha", True) else " const"
         parts.append(f"α_f {c.get('forget_alpha', 10.0):g}{decay}")
@@ -200,7 +201,24 @@ def first_forgotten(result: dict, original_accuracy: float) -> dict | None:
     return None
 
 
-def markdown(results: list[dict], before: dict, args, command: str, minutes: float) -> str:
+def reading(results: list[dict], before: dict) -> str:
+    """The comparison the bar asks for: SFR-on's steps against the best baseline's, worked out from the table."""
+    steps = {r["method"]: (first_forgotten(r, before["remaining_accuracy"]) or {}).get("step") for r in results}
+    ours = steps.get("sfron")
+    baselines = {m: n for m, n in steps.items() if m != "sfron" and n is not None}
+    if ours is None or not baselines:
+        return "Reading: SFR-on or every baseline missed the target within the budget (see the table)."
+    best = min(baselines.values())
+    names = ", ".join(LABELS[m] for m, n in baselines.items() if n == best)
+    verdict = "meets" if best >= 10 * ours else "does **not** meet"
+    return (f"Reading: SFR-on reaches the target at step {ours}; the best baseline ({names}) at step {best}, "
+            f"{best / ours:.1f}× as many — this {verdict} the ≥ 10× bar. Against plain GA the ratio is "
+            f"{(steps.get('ga') or float('nan')) / ours:.0f}×. Evaluations are every {results[0]['curve'][0]['step']} "
+            "steps, so steps-to-forget are multiples of that; RL and SalUn use the official class-mapping loss, "
+            "a bounded objective that reaches the target as fast as SFR-on on this small model.")
+
+
+def markdown(results: list[dict], before: dict, args, command: str, minutes: float, recipe: dict) -> str:
     target = before["remaining_accuracy"] - ACCURACY_TOLERANCE
     lines = [
         SECTION,
@@ -234,10 +252,11 @@ def markdown(results: list[dict], before: dict, args, command: str, minutes: flo
         else:
             steps, wall, at = f"not within {end['step']}", "—", "—"
         lines.append(
-            f"| {r['label']} | {r['settings']}{mask} | {steps} | {wall} | {at} | "
+            f"| {r['label']} | {describe(r, recipe)}{mask} | {steps} | {wall} | {at} | "
             f"{end['step']}: {end['fa']:.2f} / {end['remaining_accuracy']:.3f} / {end['fid']:.2f} |"
         )
-    lines += ["", NOTES, "", f"![FA and remaining accuracy against steps, one curve per method]({args.plot})", ""]
+    lines += ["", NOTES, "", reading(results, before), "",
+              f"![FA and remaining accuracy against steps, one curve per method]({args.plot})", ""]
     return "\n".join(lines)
 
 
@@ -368,7 +387,7 @@ def main(argv=None) -> int:
     minutes = (before_seconds + sum(r["run_seconds"] for r in results)) / 60
 
     command = "python bench/steps_to_forget.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
-    text = markdown(results, before, args, command, minutes)
+    text = markdown(results, before, args, command, minutes, recipe)
     print(text)
     plot(results, before, REPO / args.plot if not Path(args.plot).is_absolute() else Path(args.plot))
     if args.write_benchmarks:
