@@ -22,7 +22,6 @@ import torch
 
 from erase.commands.demo import DEMO_RECIPE
 from erase.core.baselines import method_spec
-from erase.core.sfron import unlearn
 from erase.families import ddpm
 from erase.recipes import apply_overrides, load_recipe, resolve_path
 from erase.workflows import ddpm_class
@@ -38,18 +37,7 @@ def erase_digit(recipe: dict, work_dir: Path):
     config = ddpm_class.sfron_config(recipe)
     torch.manual_seed(config.seed)
     pipeline = ddpm.load_or_build_pipeline(recipe["model"])
-    unet, scheduler = pipeline.unet, pipeline.scheduler
-    images, labels = ddpm_class.training_data(recipe, pipeline)
-    (f_images, f_labels), (r_images, r_labels) = ddpm.class_split(images, labels, forget_class)
-    batch_size = int(recipe.get("data", {}).get("batch_size", 64))
-    forget_batches = ddpm.batches(f_images, f_labels, batch_size, config.seed)
-    remain_batches = ddpm.batches(r_images, r_labels, batch_size, config.seed + 1)
-    loss_fn = ddpm.epsilon_loss(scheduler)
-    unet.requires_grad_(True)
-    mask = ddpm_class.build_mask(spec.mask, recipe, unet, loss_fn, forget_batches, remain_batches, config, work_dir)
-    objective = ddpm_class.forget_objective(spec, loss_fn, config, forget_class, pipeline.num_classes, scheduler)
-    unlearn(unet, objective, loss_fn, forget_batches, remain_batches, config, mask=mask, show_progress=False)
-    unet.requires_grad_(False)
+    mask, _, _ = ddpm_class.erase_class(recipe, pipeline, spec, config, forget_class, work_dir, show_progress=False)
     kept = sum(int(m.sum()) for m in mask.values()) / sum(m.numel() for m in mask.values()) if mask else 1.0
     return pipeline, kept
 

@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 from erase.core.baselines import method_spec  # noqa: E402
 from erase.core.io import atomic_write_json, atomic_write_text  # noqa: E402
 from erase.core.saliency import mask_stats  # noqa: E402
-from erase.core.sfron import SFRonConfig, unlearn  # noqa: E402
+from erase.core.sfron import SFRonConfig  # noqa: E402
 from erase.families import ddpm  # noqa: E402
 from erase.recipes import load_recipe, resolve_path  # noqa: E402
 from erase.workflows import ddpm_class  # noqa: E402
@@ -153,23 +153,7 @@ def run_one(
     config = SFRonConfig.from_dict(run["config"])
     forget_class = int(recipe["forget"]["class"])
     pipeline = ddpm.load_or_build_pipeline(recipe["model"])
-    unet = pipeline.unet
-    images, labels = ddpm_class.training_data(recipe, pipeline)
-    (fi, fl), (ri, rl) = ddpm.class_split(images, labels, forget_class)
-    batch_size = int(recipe.get("data", {}).get("batch_size", 64))
-    forget_batches = ddpm.batches(fi, fl, batch_size, config.seed)
-    remain_batches = ddpm.batches(ri, rl, batch_size, config.seed + 1)
-    loss_fn = ddpm.epsilon_loss(pipeline.scheduler)
     torch.manual_seed(config.seed)
-
-    unet.requires_grad_(True)
-    started = time.perf_counter()
-    mask = ddpm_class.build_mask(
-        spec.mask, recipe, unet, loss_fn, forget_batches, remain_batches, config, work_dir / run["key"]
-    )
-    setup_seconds = time.perf_counter() - started
-    objective = ddpm_class.forget_objective(spec, loss_fn, config, forget_class, pipeline.num_classes, pipeline.scheduler)
-
     curve, eval_seconds = [], [0.0]
 
     def on_step(step, model, record):
@@ -183,8 +167,9 @@ def run_one(
         print(f"  {run['key']:>13} step {step:4d}: FA {point['fa']:.3f}  remaining {point['remaining_accuracy']:.3f}  "
               f"FID {point['fid']:.2f}  ({point['train_seconds']:.1f} s training)", flush=True)
 
-    unlearn(unet, objective, loss_fn, forget_batches, remain_batches, config, mask=mask, on_step=on_step,
-            show_progress=show_progress)
+    started = time.perf_counter()
+    mask, _, setup_seconds = ddpm_class.erase_class(recipe, pipeline, spec, config, forget_class, work_dir / run["key"],
+                                                    show_progress=show_progress, on_step=on_step)
     return {
         "run_seconds": time.perf_counter() - started,
         "key": run["key"], "label": run["label"], "method": run["method"], "config": run["config"],

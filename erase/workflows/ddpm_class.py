@@ -51,26 +51,12 @@ def run(recipe: dict, show_progress: bool = True) -> dict:
     num_classes = pipeline.num_classes
     if not 0 <= forget_class < num_classes:
         raise UserError(f"--forget-class must be in [0, {num_classes - 1}], got {forget_class}")
-    unet, scheduler = pipeline.unet, pipeline.scheduler
     evaluator = make_evaluator(recipe, num_classes, forget_class)
 
     before = evaluator.evaluate(pipeline, "before")
     erase_started = time.perf_counter()
-    images, labels = training_data(recipe, pipeline)
-    (f_images, f_labels), (r_images, r_labels) = ddpm.class_split(images, labels, forget_class)
-    batch_size = int(recipe.get("data", {}).get("batch_size", 64))
-    forget_batches = ddpm.batches(f_images, f_labels, batch_size, config.seed)
-    remain_batches = ddpm.batches(r_images, r_labels, batch_size, config.seed + 1)
-    loss_fn = ddpm.epsilon_loss(scheduler)
-
-    unet.requires_grad_(True)
-    mask = build_mask(spec.mask, recipe, unet, loss_fn, forget_batches, remain_batches, config, out_dir)
+    mask, history, _ = erase_class(recipe, pipeline, spec, config, forget_class, out_dir, show_progress=show_progress)
     stats = mask_stats(mask) if mask is not None else None
-    objective = forget_objective(spec, loss_fn, config, forget_class, num_classes, scheduler)
-    history = unlearn(
-        unet, objective, loss_fn, forget_batches, remain_batches, config, mask=mask, show_progress=show_progress
-    )
-    unet.requires_grad_(False)
     erase_seconds = time.perf_counter() - erase_started
 
     after = evaluator.evaluate(pipeline, "after")
@@ -141,6 +127,32 @@ def training_data(recipe: dict, pipeline) -> tuple[torch.Tensor, torch.Tensor]:
         dataset, pipeline.num_classes, size, unet_config.in_channels, int(per_class) if per_class else None,
         root=data.get("root") or None, seed=int(data.get("seed", 0)),
     )
+
+
+def erase_class(recipe, pipeline, spec, config, forget_class: int, work_dir: Path, show_progress: bool = True,
+                on_step=None):
+    """The erase half of a run, in place on pipeline.unet: data, the method's mask, the loop.
+
+    Returns (mask or None, the loop's history, seconds spent building the mask). Benchmarks call
+    this too, so what they measure is exactly what `erase run` does.
+    """
+    unet, scheduler = pipeline.unet, pipeline.scheduler
+    images, labels = training_data(recipe, pipeline)
+    (f_images, f_labels), (r_images, r_labels) = ddpm.class_split(images, labels, forget_class)
+    batch_size = int(recipe.get("data", {}).get("batch_size", 64))
+    forget_batches = ddpm.batches(f_images, f_labels, batch_size, config.seed)
+    remain_batches = ddpm.batches(r_images, r_labels, batch_size, config.seed + 1)
+    loss_fn = ddpm.epsilon_loss(scheduler)
+
+    unet.requires_grad_(True)
+    started = time.perf_counter()
+    mask = build_mask(spec.mask, recipe, unet, loss_fn, forget_batches, remain_batches, config, work_dir)
+    mask_seconds = time.perf_counter() - started
+    objective = forget_objective(spec, loss_fn, config, forget_class, pipeline.num_classes, scheduler)
+    history = unlearn(unet, objective, loss_fn, forget_batches, remain_batches, config, mask=mask,
+                      on_step=on_step, show_progress=show_progress)
+    unet.requires_grad_(False)
+    return mask, history, mask_seconds
 
 
 def build_mask(kind, recipe, unet, loss_fn, forget_batches, remain_batches, config, out_dir):
