@@ -1,13 +1,16 @@
-"""SFR-on vs FT, GA, RL and SalUn on digits: random 10% and one class, same step budget, one loop, 3 seeds.
+"""SFR-on vs FT, GA, RL and SalUn on digits: a random 10% and one class, same step budget, one loop.
 
 Trains the original CNN and the retrained reference, runs every method from the same original through
 `erase.core.sfron.unlearn` with the settings of the digits recipes (pipelines/classifier-digits-{random,
 class}.toml, [sfron] + [per_method.NAME], [fisher] salun_fraction), and prints a Markdown table per
-setting: UA, RA, TA, MIA (percent) and the average gap to the retrained model, each the MEAN over seeds.
+setting: UA, RA, TA, MIA (percent) and the average gap to the retrained model, each a MEAN over runs.
 
-Seed s sets the unlearning loop's seed (batch order, RL/SalUn's random labels) and, for the random
-subset, the forget split too (so each seed has its own forget set and its own retrained model). The
-original/retrained models are always trained with the recipe's [train] seed.
+Random subset: 3 seeds; seed s sets the forget split and the unlearning loop's seed (batch order,
+RL/SalUn's random labels), so each seed has its own forget set and its own retrained model.
+One class: every class in turn (0-9 by default), each with its own retrained model; class k's run
+uses loop seed k. A single class decides nothing on digits: the gaps are one or two test images, and
+which method lands nearest the retrained model changes from class to class. The original/retrained
+models are always trained with the recipe's [train] seed.
 
     python bench/classifier_methods.py                 # the table in BENCHMARKS.md
     python bench/classifier_methods.py --tune          # the shared grid the recipes' settings come from
@@ -28,6 +31,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -39,6 +43,7 @@ sys.path.insert(0, str(REPO))
 
 from erase.core.baselines import METHODS  # noqa: E402
 from erase.eval.unlearning import METRICS, gaps  # noqa: E402
+from erase.families.classifier import save_classifier  # noqa: E402
 from erase.recipes import PIPELINES_DIR, load_recipe  # noqa: E402
 from erase.workflows.classifier import method_config, prepare, run_method  # noqa: E402
 
@@ -58,7 +63,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tasks", nargs="+", choices=["random", "class"], default=["random", "class"])
     parser.add_argument("--steps", type=int, default=None, help="step budget for every method (default: the recipe's)")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1; every figure is the mean over them")
+    parser.add_argument("--seeds", type=int, default=3, help="random subset: seeds 0..N-1 (figures are their mean)")
+    parser.add_argument("--classes", type=int, nargs="+", default=list(range(10)),
+                        help="one class: the classes forgotten in turn (figures are their mean)")
     parser.add_argument("--tune", action="store_true", help="every method over the shared grid (see GRID, KNOBS)")
     parser.add_argument("--methods", nargs="+", choices=ORDER, default=list(ORDER),
                         help="methods to run (all by default; e.g. re-tune one whose code path changed)")
@@ -68,15 +75,23 @@ def main() -> int:
     args = parser.parse_args()
 
     started = time.perf_counter()
-    work = [(task, args.steps, args.seeds, args.tune, args.threads, tuple(args.methods)) for task in args.tasks]
+    methods = [m for m in ORDER if m in args.methods]
+    # --tune with --jobs > 1: one work item per (task, method), the longest grids first, so processes stay busy.
+    split = args.jobs > 1 and args.tune
+    groups = [[m] for m in sorted(methods, key=grid_size, reverse=True)] if split else [methods]
+    work = [(task, args.steps, args.seeds, tuple(args.classes), args.tune, args.threads, tuple(group))
+            for task in args.tasks for group in groups]
     if args.jobs > 1:
         with ProcessPoolExecutor(max_workers=args.jobs) as pool:
             outcomes = list(pool.map(run_task, work))
     else:
         outcomes = [run_task(item) for item in work]
     results = {}
-    for task, (text, result) in zip(args.tasks, outcomes):
-        print(text, flush=True)
+    for task in args.tasks:
+        parts = [outcome for item, outcome in zip(work, outcomes) if item[0] == task]
+        rows = sorted((row for part in parts for row in part["rows"]), key=lambda row: ORDER.index(row["method"]))
+        result = {**parts[0], "rows": rows, "setup_seconds": max(part["setup_seconds"] for part in parts)}
+        print(markdown(task, result, args.tune), flush=True)
         results[task] = result
     print(f"\nMachine: {os.cpu_count()}-core {platform.machine()} CPU, torch {torch.__version__} "
           f"({args.threads} thread(s) per process, {args.jobs} process(es)), python {platform.python_version()}; "
@@ -86,28 +101,41 @@ def main() -> int:
     return 0
 
 
-def run_task(item) -> tuple[str, dict]:
-    task, steps, seeds, tuned, threads, methods = item
+def grid_size(method: str) -> int:
+    if METHODS[method].forget is None:
+        return len(list(itertools.product(*(GRID[k] for k in FT_GRID))))
+    return len(list(itertools.product(*GRID.values()))) * len(KNOBS.get(method, (None, (None,)))[1])
+
+
+def run_task(item) -> dict:
+    task, steps, seeds, classes, tuned, threads, methods = item
     torch.set_num_threads(threads)
     recipe = load_recipe(PIPELINES_DIR / f"classifier-digits-{task}.toml")
     recipe.setdefault("eval", {})["retrain"] = True
     if steps:
         recipe["sfron"]["steps"] = steps
     started = time.perf_counter()
-    setups = [prepare(seeded(recipe, task, seed), show_progress=False) for seed in range(seeds)] if task == "random" \
-        else [prepare(recipe, show_progress=False)] * seeds  # class: one split, one retrained model
+    variants = range(seeds) if task == "random" else classes
+    setups = [prepare(variant_recipe(recipe, task, variants[0]), show_progress=False)]
+    with tempfile.TemporaryDirectory() as tmp:  # every variant starts from the same original: train it once
+        original = Path(tmp) / "original.safetensors"
+        save_classifier(setups[0].original, original)
+        for variant in variants[1:]:
+            variant_config = variant_recipe(recipe, task, variant)
+            variant_config["model"]["path"] = str(original)
+            setups.append(prepare(variant_config, show_progress=False))
     setup_seconds = time.perf_counter() - started
     rows = tune(setups, recipe, methods) if tuned else compare(setups, recipe, methods)
-    result = {"setup_seconds": setup_seconds, "rows": rows,
-              "original": [s.original_metrics for s in setups], "retrained": [s.retrained_metrics for s in setups]}
-    return markdown(task, recipe, setups, rows, tuned, setup_seconds), result
+    summary = [{"original": s.original_metrics, "retrained": s.retrained_metrics, "forget_size": len(s.forget_indices)}
+               for s in setups]
+    return {"recipe": recipe, "variants": list(variants), "setup_seconds": setup_seconds, "rows": rows,
+            "setups": summary}
 
 
-def seeded(recipe: dict, task: str, seed: int) -> dict:
-    """The recipe with seed s: the forget split's seed (random subset only)."""
+def variant_recipe(recipe: dict, task: str, variant: int) -> dict:
+    """Random subset: the recipe with forget-split seed `variant`; one class: forgetting class `variant`."""
     recipe = copy.deepcopy(recipe)
-    if task == "random":
-        recipe["forget"]["seed"] = seed
+    recipe["forget"]["seed" if task == "random" else "class"] = variant
     return recipe
 
 
@@ -163,21 +191,25 @@ def tune(setups, recipe, methods=ORDER) -> list[dict]:
     return rows
 
 
-def markdown(task, recipe, setups, rows, tuned, setup_seconds) -> str:
+def markdown(task, result, tuned) -> str:
+    recipe, setups, rows, variants = result["recipe"], result["setups"], result["rows"], result["variants"]
     steps = recipe["sfron"]["steps"]
-    sizes = sorted({len(s.forget_indices) for s in setups})
-    count = "/".join(str(n) for n in sizes)
-    what = (f"random {recipe['forget']['fraction']:.0%} ({count} images)" if task == "random"
-            else f"class {recipe['forget']['class']} ({count} images)")
+    sizes = sorted({s["forget_size"] for s in setups})
+    count = f"{min(sizes)}-{max(sizes)}" if len(sizes) > 1 else str(sizes[0])
+    if task == "random":
+        what, runs, unit = f"random {recipe['forget']['fraction']:.0%} ({count} images)", f"{len(setups)} seeds", "seed"
+    else:
+        classes = ", ".join(str(v) for v in variants)
+        what, runs, unit = f"one class ({count} images)", f"classes {classes} forgotten in turn", "class"
     lines = [
-        f"\n### digits, forget {what}, {steps} steps per method, mean of {len(setups)} seeds",
+        f"\n### digits, forget {what}, {steps} steps per method, mean of {runs}",
         "",
-        "| method | settings | UA | RA | TA | MIA | avg gap ↓ | gap per seed | seconds |",
+        f"| method | settings | UA | RA | TA | MIA | avg gap ↓ | gap per {unit} | seconds |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, key in (("Original", "original_metrics"), ("Retrain", "retrained_metrics")):
-        seed_gaps = [gaps(getattr(s, key), s.retrained_metrics)[1] for s in setups]
-        mean = {k: statistics.fmean(getattr(s, key)[k] for s in setups) for k in METRICS}
+    for name, key in (("Original", "original"), ("Retrain", "retrained")):
+        seed_gaps = [gaps(s[key], s["retrained"])[1] for s in setups]
+        mean = {k: statistics.fmean(s[key][k] for s in setups) for k in METRICS}
         lines.append(f"| {name} | - | {fmt(mean)} | {100 * statistics.fmean(seed_gaps):.2f} | "
                      f"{per_seed(seed_gaps)} | - |")
     best = {}
@@ -188,9 +220,9 @@ def markdown(task, recipe, setups, rows, tuned, setup_seconds) -> str:
         lines.append(f"| {NAMES[row['method']]} | {describe(row['config'])} | {fmt(row)} | {100 * row['avg_gap']:.2f} | "
                      f"{per_seed(r['avg_gap'] for r in row['runs'])} | {row['seconds']:.1f} |")
     if tuned:
-        lines += ["", f"All trials (mean avg gap over {len(setups)} seeds):"]
+        lines += ["", f"All trials (mean avg gap over {runs}):"]
         lines += [f"- {NAMES[r['method']]} {describe(r['config'])}: {100 * r['avg_gap']:.2f}" for r in rows]
-    lines.append(f"\n(original and retrained models trained in {setup_seconds:.0f} s)")
+    lines.append(f"\n(original and retrained models trained in {result['setup_seconds']:.0f} s)")
     return "\n".join(lines)
 
 
