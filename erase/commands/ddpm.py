@@ -30,7 +30,11 @@ def register(subparsers) -> None:
 
 
 def run_ddpm(args) -> int:
-    from erase.commands.class_erase import choose_evaluation, class_recipe, finish_and_run
+    from erase.commands.class_erase import (
+        choose_evaluation,
+        class_recipe,
+        finish_and_run,
+    )
 
     check_data_source(args.data)
     recipe = class_recipe(args, str(model_folder(args.model)) if args.model else None, "FOLDER")

@@ -26,7 +26,11 @@ def register(subparsers) -> None:
 
 
 def run_dit(args) -> int:
-    from erase.commands.class_erase import choose_evaluation, class_recipe, finish_and_run
+    from erase.commands.class_erase import (
+        choose_evaluation,
+        class_recipe,
+        finish_and_run,
+    )
 
     recipe = class_recipe(args, args.model, "FOLDER|HUB_ID")
     cfg = recipe.setdefault("eval", {})
