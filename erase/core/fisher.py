@@ -64,7 +64,10 @@ def _stream_gradients(model, loss_fn, batches, accelerator, num_batches, desc, s
     model.eval()
     # The bar is updated by hand: wrapping `batches` in tqdm.auto would call iter() on it twice,
     # which reshuffles a DataLoader once more (and starts its workers twice).
-    bar = tqdm(desc=desc, total=num_batches, disable=not show_progress, leave=False)
+    total = len(batches) if hasattr(batches, "__len__") else None
+    if num_batches is not None:
+        total = num_batches if total is None else min(num_batches, total)
+    bar = tqdm(desc=desc, total=total, disable=not show_progress, leave=False)
     for i, batch in enumerate(batches):
         if num_batches is not None and i >= num_batches:
             break
