@@ -7,6 +7,7 @@ import torch
 from diffusers import DiffusionPipeline
 
 from erase.errors import UserError
+from erase.recipes import ASSETS_DIR
 from erase.families import ddpm
 from erase.families.ddpm_pipeline import ClassConditionalDDPMPipeline
 
@@ -68,3 +69,16 @@ def test_class_split_and_missing_class():
 def test_load_pipeline_rejects_a_folder_that_is_not_a_pipeline(tmp_path):
     with pytest.raises(UserError, match="not a diffusers pipeline"):
         ddpm.load_pipeline(tmp_path)
+
+
+@pytest.mark.skipif(not (ASSETS_DIR / "digits-classifier.safetensors").exists(), reason="bundled classifier missing")
+def test_fid_leaves_the_global_generator_alone():
+    """bench/steps_to_forget.py evaluates mid-run: the evaluation must not change the training's noise."""
+    from erase.eval.fid import DIGITS_EXTRACTOR, fid_kid
+
+    images = torch.randint(0, 256, (2, 24, 1, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    scores = fid_kid(images[0], images[1], DIGITS_EXTRACTOR, ASSETS_DIR / "digits-classifier.safetensors", kid=True)
+    assert scores["fid"] > 0
+    assert torch.equal(torch.get_rng_state(), state)

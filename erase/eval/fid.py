@@ -92,6 +92,16 @@ def register_extractors() -> None:
         torch_fidelity.register_feature_extractor(DIGITS_EXTRACTOR, DigitCNNFeatureExtractor)
 
 
+def calculate_metrics(kwargs: dict) -> dict:
+    """torch_fidelity.calculate_metrics on a fork of torch's global generator.
+
+    torch-fidelity draws from the global generator; forking it means an evaluation in the middle of
+    a run (bench/steps_to_forget.py evaluates every few steps) does not change that run's training.
+    """
+    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if kwargs.get("cuda") else []):
+        return torch_fidelity.calculate_metrics(**kwargs)
+
+
 def fid_kid(
     generated: torch.Tensor,
     reference: torch.Tensor,
@@ -101,7 +111,8 @@ def fid_kid(
     kid: bool = True,
     cuda: bool = False,
 ) -> dict[str, float]:
-    """FID (and KID) between two uint8 N×C×H×W image sets; returns {'fid', 'kid', 'kid_std'}."""
+    """FID (and KID) between two uint8 N×C×H×W image sets; returns {'fid', 'kid', 'kid_std'}.
+    """
     register_extractors()
     kwargs = dict(
         input1=UInt8Images(generated), input2=UInt8Images(reference), fid=True, kid=kid, cuda=cuda,
@@ -115,7 +126,7 @@ def fid_kid(
     if kid:
         kwargs["kid_subset_size"] = min(len(generated), len(reference), 1000)
     try:
-        metrics = torch_fidelity.calculate_metrics(**kwargs)
+        metrics = calculate_metrics(kwargs)
     except (OSError, RuntimeError):
         if feature_extractor.startswith("inception") and weights_path is None:
             raise UserError(
@@ -241,7 +252,7 @@ def folder_fid_kid(
         kwargs["kid_subset_size"] = min(counts[0], counts[1], 1000)
     with redirect_stdout(io.StringIO()):
         try:
-            metrics = torch_fidelity.calculate_metrics(**kwargs)
+            metrics = calculate_metrics(kwargs)
         except RuntimeError as error:
             raise UserError(f"FID failed: {str(error).splitlines()[0]}") from None
     out = {"fid": float(metrics["frechet_inception_distance"]), "generated": counts[0], "reference": counts[1]}
