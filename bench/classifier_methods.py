@@ -66,6 +66,10 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=3, help="random subset: seeds 0..N-1 (figures are their mean)")
     parser.add_argument("--classes", type=int, nargs="+", default=list(range(10)),
                         help="one class: the classes forgotten in turn (figures are their mean)")
+    parser.add_argument("--seed-offset", type=int, default=0,
+                        help="add this to every unlearning-loop seed (the splits stay): report on other seeds than --tune saw")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="run each split/class this many times, loop seeds OFFSET + i + 100·r (figures are the mean)")
     parser.add_argument("--tune", action="store_true", help="every method over the shared grid (see GRID, KNOBS)")
     parser.add_argument("--methods", nargs="+", choices=ORDER, default=list(ORDER),
                         help="methods to run (all by default; e.g. re-tune one whose code path changed)")
@@ -79,7 +83,8 @@ def main() -> int:
     # --tune with --jobs > 1: one work item per (task, method), the longest grids first, so processes stay busy.
     split = args.jobs > 1 and args.tune
     groups = [[m] for m in sorted(methods, key=grid_size, reverse=True)] if split else [methods]
-    work = [(task, args.steps, args.seeds, tuple(args.classes), args.tune, args.threads, tuple(group))
+    loop_seeds = (args.seed_offset, args.repeats)
+    work = [(task, args.steps, args.seeds, tuple(args.classes), args.tune, args.threads, tuple(group), loop_seeds)
             for task in args.tasks for group in groups]
     if args.jobs > 1:
         with ProcessPoolExecutor(max_workers=args.jobs) as pool:
@@ -108,7 +113,7 @@ def grid_size(method: str) -> int:
 
 
 def run_task(item) -> dict:
-    task, steps, seeds, classes, tuned, threads, methods = item
+    task, steps, seeds, classes, tuned, threads, methods, loop_seeds = item
     torch.set_num_threads(threads)
     recipe = load_recipe(PIPELINES_DIR / f"classifier-digits-{task}.toml")
     recipe.setdefault("eval", {})["retrain"] = True
@@ -125,7 +130,7 @@ def run_task(item) -> dict:
             variant_config["model"]["path"] = str(original)
             setups.append(prepare(variant_config, show_progress=False))
     setup_seconds = time.perf_counter() - started
-    rows = tune(setups, recipe, methods) if tuned else compare(setups, recipe, methods)
+    rows = tune(setups, recipe, methods, loop_seeds) if tuned else compare(setups, recipe, methods, loop_seeds)
     summary = [{"original": s.original_metrics, "retrained": s.retrained_metrics, "forget_size": len(s.forget_indices)}
                for s in setups]
     return {"recipe": recipe, "variants": list(variants), "setup_seconds": setup_seconds, "rows": rows,
@@ -139,14 +144,21 @@ def variant_recipe(recipe: dict, task: str, variant: int) -> dict:
     return recipe
 
 
-def trial(setups, method: str, config, salun_fraction: float | None = None) -> dict:
-    """One setting of one method over every seed: the per-seed metrics and their mean."""
+def trial(setups, method: str, config, salun_fraction: float | None = None, loop_seeds=(0, 1)) -> dict:
+    """One setting of one method on every setup: the per-setup metrics (mean over repeats) and their mean.
+
+    Setup i runs with unlearning-loop seeds offset + i + 100·r for r < repeats."""
+    offset, repeats = loop_seeds
     runs = []
-    for seed, setup in enumerate(setups):
+    for index, setup in enumerate(setups):
         if salun_fraction is not None:
             setup = dataclasses.replace(setup, salun_fraction=salun_fraction)
-        _, metrics, _, _ = run_method(setup, method, dataclasses.replace(config, seed=seed), show_progress=False)
-        runs.append({k: metrics[k] for k in (*METRICS, "avg_gap", "seconds", "mask_fraction")})
+        repeated = []
+        for r in range(repeats):
+            seed = offset + index + 100 * r
+            _, metrics, _, _ = run_method(setup, method, dataclasses.replace(config, seed=seed), show_progress=False)
+            repeated.append({k: metrics[k] for k in (*METRICS, "avg_gap", "seconds", "mask_fraction")})
+        runs.append({k: statistics.fmean(r[k] for r in repeated) for k in repeated[0]})
     mean = {k: statistics.fmean(r[k] for r in runs) for k in runs[0]}
     spread = statistics.pstdev(r["avg_gap"] for r in runs)
     return {"method": method, **mean, "avg_gap_std": spread, "runs": runs}
@@ -162,16 +174,17 @@ def settings_of(method: str, config, salun_fraction: float) -> dict:
     return setting
 
 
-def compare(setups, recipe, methods=ORDER) -> list[dict]:
+def compare(setups, recipe, methods=ORDER, loop_seeds=(0, 1)) -> list[dict]:
     rows = []
     for method in (m for m in ORDER if m in methods):
         config = method_config(recipe, method)
         fraction = setups[0].salun_fraction
-        rows.append({**trial(setups, method, config), "config": settings_of(method, config, fraction)})
+        rows.append({**trial(setups, method, config, loop_seeds=loop_seeds),
+                     "config": settings_of(method, config, fraction)})
     return rows
 
 
-def tune(setups, recipe, methods=ORDER) -> list[dict]:
+def tune(setups, recipe, methods=ORDER, loop_seeds=(0, 1)) -> list[dict]:
     """Every method over the same grid (+ its own knob, if any); the best setting per method first."""
     rows = []
     for method in (m for m in ORDER if m in methods):
@@ -185,7 +198,7 @@ def tune(setups, recipe, methods=ORDER) -> list[dict]:
             fraction = setting.get("salun_fraction")
             fields = {k: v for k, v in setting.items() if k != "salun_fraction"}
             config = dataclasses.replace(method_config(recipe, "sfron"), **fields)
-            trials.append({**trial(setups, method, config, fraction), "config": setting})
+            trials.append({**trial(setups, method, config, fraction, loop_seeds), "config": setting})
         trials.sort(key=lambda r: r["avg_gap"])
         rows.extend(trials)
     return rows
