@@ -12,8 +12,12 @@ uses loop seed k. A single class decides nothing on digits: the gaps are one or 
 which method lands nearest the retrained model changes from class to class. The original/retrained
 models are always trained with the recipe's [train] seed.
 
-    python bench/classifier_methods.py                 # the table in BENCHMARKS.md
-    python bench/classifier_methods.py --tune          # the shared grid the recipes' settings come from
+    python bench/classifier_methods.py --jobs 2 --seed-offset 1000 --repeats 3   # the table in BENCHMARKS.md
+    python bench/classifier_methods.py --tune --jobs 2 --tasks random --repeats 2  # the grid behind the recipes'
+    python bench/classifier_methods.py --tune --jobs 2 --tasks class               #   settings (random / class)
+
+The table runs on unlearning-loop seeds the tune never saw (--seed-offset): picking the best of up
+to 72 cells on the same runs it is then reported on flatters the pick (a lucky batch order counts).
 
 --tune runs every method over the same grid, GRID (FT: lr × lr_schedule only), at the same step
 budget and seeds, plus one method-specific knob of equal size for the two masked methods (KNOBS:
