@@ -138,7 +138,7 @@ def run_task(item) -> dict:
     summary = [{"original": s.original_metrics, "retrained": s.retrained_metrics, "forget_size": len(s.forget_indices)}
                for s in setups]
     return {"recipe": recipe, "variants": list(variants), "setup_seconds": setup_seconds, "rows": rows,
-            "setups": summary}
+            "setups": summary, "loop_seeds": list(loop_seeds)}
 
 
 def variant_recipe(recipe: dict, task: str, variant: int) -> dict:
@@ -213,11 +213,14 @@ def markdown(task, result, tuned) -> str:
     steps = recipe["sfron"]["steps"]
     sizes = sorted({s["forget_size"] for s in setups})
     count = f"{min(sizes)}-{max(sizes)}" if len(sizes) > 1 else str(sizes[0])
+    offset, repeats = result["loop_seeds"]
     if task == "random":
-        what, runs, unit = f"random {recipe['forget']['fraction']:.0%} ({count} images)", f"{len(setups)} seeds", "seed"
+        what, runs, unit = f"random {recipe['forget']['fraction']:.0%} ({count} images)", f"{len(setups)} splits", "split"
     else:
         classes = ", ".join(str(v) for v in variants)
         what, runs, unit = f"one class ({count} images)", f"classes {classes} forgotten in turn", "class"
+    runs += f", {repeats} loop seeds each" if repeats > 1 else ""
+    runs += f" (loop seeds from {offset})" if offset else ""
     lines = [
         f"\n### digits, forget {what}, {steps} steps per method, mean of {runs}",
         "",
