@@ -5,12 +5,12 @@ Trains the original CNN and the retrained reference, runs every method from the 
 class}.toml, [sfron] + [per_method.NAME], [fisher] salun_fraction), and prints a Markdown table per
 setting: UA, RA, TA, MIA (percent) and the average gap to the retrained model, each a MEAN over runs.
 
-Random subset: 3 seeds; seed s sets the forget split and the unlearning loop's seed (batch order,
-RL/SalUn's random labels), so each seed has its own forget set and its own retrained model.
-One class: every class in turn (0-9 by default), each with its own retrained model; class k's run
-uses loop seed k. A single class decides nothing on digits: the gaps are one or two test images, and
-which method lands nearest the retrained model changes from class to class. The original/retrained
-models are always trained with the recipe's [train] seed.
+Random subset: 3 forget splits (split seed s), each with its own retrained model. One class: every
+class in turn (0-9 by default), each with its own retrained model. A single class decides nothing on
+digits: the gaps are one or two test images, and which method lands nearest the retrained model
+changes from class to class. Split/class i runs with unlearning-loop seeds (batch order, RL/SalUn's
+random labels) OFFSET + i + 100·r for r < REPEATS. The original/retrained models are always trained
+with the recipe's [train] seed.
 
     python bench/classifier_methods.py --jobs 2 --seed-offset 1000 --repeats 3   # the table in BENCHMARKS.md
     python bench/classifier_methods.py --tune --jobs 2 --tasks random --repeats 2  # the grid behind the recipes'
@@ -31,6 +31,7 @@ import copy
 import dataclasses
 import itertools
 import json
+import math
 import os
 import platform
 import statistics
@@ -111,9 +112,10 @@ def main() -> int:
 
 
 def grid_size(method: str) -> int:
-    if METHODS[method].forget is None:
-        return len(list(itertools.product(*(GRID[k] for k in FT_GRID))))
-    return len(list(itertools.product(*GRID.values()))) * len(KNOBS.get(method, (None, (None,)))[1])
+    """Cells `--tune` runs for this method (to start the longest first)."""
+    keys = FT_GRID if METHODS[method].forget is None else tuple(GRID)
+    knob = len(KNOBS[method][1]) if method in KNOBS else 1
+    return math.prod(len(GRID[k]) for k in keys) * knob
 
 
 def run_task(item) -> dict:
@@ -158,11 +160,11 @@ def trial(setups, method: str, config, salun_fraction: float | None = None, loop
         if salun_fraction is not None:
             setup = dataclasses.replace(setup, salun_fraction=salun_fraction)
         repeated = []
-        for r in range(repeats):
-            seed = offset + index + 100 * r
+        for repeat in range(repeats):
+            seed = offset + index + 100 * repeat
             _, metrics, _, _ = run_method(setup, method, dataclasses.replace(config, seed=seed), show_progress=False)
             repeated.append({k: metrics[k] for k in (*METRICS, "avg_gap", "seconds", "mask_fraction")})
-        runs.append({k: statistics.fmean(r[k] for r in repeated) for k in repeated[0]})
+        runs.append({k: statistics.fmean(run[k] for run in repeated) for k in repeated[0]})
     mean = {k: statistics.fmean(r[k] for r in runs) for k in runs[0]}
     spread = statistics.pstdev(r["avg_gap"] for r in runs)
     return {"method": method, **mean, "avg_gap_std": spread, "runs": runs}

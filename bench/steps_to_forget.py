@@ -199,9 +199,8 @@ def reading(results: list[dict], before: dict) -> str:
     return (f"Reading: SFR-on reaches the target at step {ours}; the best baseline ({names}) at step {best}, "
             f"{best / ours:.1f}× as many — this {verdict} the ≥ 10× bar. Against plain GA the ratio is "
             f"{(steps.get('ga') or float('nan')) / ours:.0f}×. Evaluations are every {results[0]['curve'][0]['step']} "
-            "steps, so steps-to-forget are multiples of that. RL and SalUn use the official class-mapping loss, a "
-            "bounded objective: on this small model it drives FA to 0 within a few steps but knocks the other "
-            "digits down with it, and FA bounces back above 0.05 before both settle.")
+            "steps, so steps-to-forget are multiples of that; RL and SalUn use the official class-mapping loss "
+            "(a bounded objective).")
 
 
 def markdown(results: list[dict], before: dict, args, command: str, minutes: float, recipe: dict) -> str:

@@ -7,9 +7,9 @@ import torch
 from diffusers import DiffusionPipeline
 
 from erase.errors import UserError
-from erase.recipes import ASSETS_DIR
 from erase.families import ddpm
 from erase.families.ddpm_pipeline import ClassConditionalDDPMPipeline
+from erase.recipes import ASSETS_DIR
 
 
 @pytest.fixture

@@ -111,8 +111,7 @@ def fid_kid(
     kid: bool = True,
     cuda: bool = False,
 ) -> dict[str, float]:
-    """FID (and KID) between two uint8 N×C×H×W image sets; returns {'fid', 'kid', 'kid_std'}.
-    """
+    """FID (and KID) between two uint8 N×C×H×W image sets; returns {'fid', 'kid', 'kid_std'}."""
     register_extractors()
     kwargs = dict(
         input1=UInt8Images(generated), input2=UInt8Images(reference), fid=True, kid=kid, cuda=cuda,
