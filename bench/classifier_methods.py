@@ -5,19 +5,21 @@ Trains the original CNN and the retrained reference, runs every method from the 
 class}.toml, [sfron] + [per_method.NAME], [fisher] salun_fraction), and prints a Markdown table per
 setting: UA, RA, TA, MIA (percent) and the average gap to the retrained model, each a MEAN over runs.
 
-Random subset: 3 forget splits (split seed s), each with its own retrained model. One class: every
-class in turn (0-9 by default), each with its own retrained model. A single class decides nothing on
+Random subset: --seeds forget splits from --first-split (split seed s), each with its own retrained
+model; the grid is tuned on splits 0-2 and the table reported on splits 3-12. One class: every class
+in turn (0-9 by default), each with its own retrained model. A single class decides nothing on
 digits: the gaps are one or two test images, and which method lands nearest the retrained model
 changes from class to class. Split/class i runs with unlearning-loop seeds (batch order, RL/SalUn's
 random labels) OFFSET + i + 100·r for r < REPEATS. The original/retrained models are always trained
 with the recipe's [train] seed.
 
-    python bench/classifier_methods.py --jobs 2 --seed-offset 1000 --repeats 3   # the table in BENCHMARKS.md
+    python bench/classifier_methods.py --jobs 2 --seeds 10 --first-split 3 --seed-offset 1000 --repeats 3  # the table
     python bench/classifier_methods.py --tune --jobs 2 --tasks random --repeats 2  # the grid behind the recipes'
     python bench/classifier_methods.py --tune --jobs 2 --tasks class               #   settings (random / class)
 
-The table runs on unlearning-loop seeds the tune never saw (--seed-offset): picking the best of up
-to 72 cells on the same runs it is then reported on flatters the pick (a lucky batch order counts).
+The table runs on unlearning-loop seeds (--seed-offset) and random splits (--first-split) the tune
+never saw: picking the best of up to 72 cells on the same runs it is then reported on flatters the
+pick (a lucky batch order, a split whose retrained model it happens to match).
 
 --tune runs every method over the same grid, GRID (FT: lr × lr_schedule only), at the same step
 budget and seeds, plus one method-specific knob of equal size for the two masked methods (KNOBS:
@@ -49,7 +51,7 @@ sys.path.insert(0, str(REPO))
 from erase.core.baselines import METHODS  # noqa: E402
 from erase.eval.unlearning import METRICS, gaps  # noqa: E402
 from erase.families.classifier import save_classifier  # noqa: E402
-from erase.recipes import PIPELINES_DIR, load_recipe  # noqa: E402
+from erase.recipes import PIPELINES_DIR, apply_overrides, load_recipe  # noqa: E402
 from erase.workflows.classifier import method_config, prepare, run_method  # noqa: E402
 
 ORDER = ("ft", "ga", "rl", "salun", "sfron")
@@ -68,7 +70,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tasks", nargs="+", choices=["random", "class"], default=["random", "class"])
     parser.add_argument("--steps", type=int, default=None, help="step budget for every method (default: the recipe's)")
-    parser.add_argument("--seeds", type=int, default=3, help="random subset: seeds 0..N-1 (figures are their mean)")
+    parser.add_argument("--seeds", type=int, default=3,
+                        help="random subset: N forget splits, split seeds FIRST..FIRST+N-1 (figures are their mean)")
+    parser.add_argument("--first-split", type=int, default=0,
+                        help="random subset: the first split seed (report on splits --tune never saw)")
     parser.add_argument("--classes", type=int, nargs="+", default=list(range(10)),
                         help="one class: the classes forgotten in turn (figures are their mean)")
     parser.add_argument("--seed-offset", type=int, default=0,
@@ -80,6 +85,8 @@ def main() -> int:
                         help="methods to run (all by default; e.g. re-tune one whose code path changed)")
     parser.add_argument("--jobs", type=int, default=1, help="run the tasks in this many processes (1 thread each)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a recipe value for both tasks (e.g. sfron.temperature=0.25; repeatable)")
     parser.add_argument("--json", type=Path, default=None, help="also write every result here")
     args = parser.parse_args()
 
@@ -89,7 +96,9 @@ def main() -> int:
     split = args.jobs > 1 and args.tune
     groups = [[m] for m in sorted(methods, key=grid_size, reverse=True)] if split else [methods]
     loop_seeds = (args.seed_offset, args.repeats)
-    work = [(task, args.steps, args.seeds, tuple(args.classes), args.tune, args.threads, tuple(group), loop_seeds)
+    splits = tuple(range(args.first_split, args.first_split + args.seeds))
+    work = [(task, args.steps, splits, tuple(args.classes), args.tune, args.threads, tuple(group), loop_seeds,
+             tuple(args.overrides))
             for task in args.tasks for group in groups]
     if args.jobs > 1:
         with ProcessPoolExecutor(max_workers=args.jobs) as pool:
@@ -119,14 +128,14 @@ def grid_size(method: str) -> int:
 
 
 def run_task(item) -> dict:
-    task, steps, seeds, classes, tuned, threads, methods, loop_seeds = item
+    task, steps, splits, classes, tuned, threads, methods, loop_seeds, overrides = item
     torch.set_num_threads(threads)
-    recipe = load_recipe(PIPELINES_DIR / f"classifier-digits-{task}.toml")
+    recipe = apply_overrides(load_recipe(PIPELINES_DIR / f"classifier-digits-{task}.toml"), list(overrides))
     recipe.setdefault("eval", {})["retrain"] = True
     if steps:
         recipe["sfron"]["steps"] = steps
     started = time.perf_counter()
-    variants = range(seeds) if task == "random" else classes
+    variants = splits if task == "random" else classes
     setups = [prepare(variant_recipe(recipe, task, variants[0]), show_progress=False)]
     with tempfile.TemporaryDirectory() as tmp:  # every variant starts from the same original: train it once
         original = Path(tmp) / "original.safetensors"
@@ -140,7 +149,7 @@ def run_task(item) -> dict:
     summary = [{"original": s.original_metrics, "retrained": s.retrained_metrics, "forget_size": len(s.forget_indices)}
                for s in setups]
     return {"recipe": recipe, "variants": list(variants), "setup_seconds": setup_seconds, "rows": rows,
-            "setups": summary, "loop_seeds": list(loop_seeds)}
+            "setups": summary, "loop_seeds": list(loop_seeds), "overrides": list(overrides)}
 
 
 def variant_recipe(recipe: dict, task: str, variant: int) -> dict:
@@ -217,12 +226,15 @@ def markdown(task, result, tuned) -> str:
     count = f"{min(sizes)}-{max(sizes)}" if len(sizes) > 1 else str(sizes[0])
     offset, repeats = result["loop_seeds"]
     if task == "random":
-        what, runs, unit = f"random {recipe['forget']['fraction']:.0%} ({count} images)", f"{len(setups)} splits", "split"
+        plural = "s" if len(setups) > 1 else ""
+        what, unit = f"random {recipe['forget']['fraction']:.0%} ({count} images)", "split"
+        runs = f"{len(setups)} split{plural} (split seeds {variants[0]}-{variants[-1]})"
     else:
         classes = ", ".join(str(v) for v in variants)
         what, runs, unit = f"one class ({count} images)", f"classes {classes} forgotten in turn", "class"
     runs += f", {repeats} loop seeds each" if repeats > 1 else ""
     runs += f" (loop seeds from {offset})" if offset else ""
+    runs += f"; --set {' '.join(result['overrides'])}" if result.get("overrides") else ""
     lines = [
         f"\n### digits, forget {what}, {steps} steps per method, mean of {runs}",
         "",
@@ -242,6 +254,13 @@ def markdown(task, result, tuned) -> str:
         lines.append(f"| {NAMES[row['method']]} | {describe(row['config'])} | {fmt(row)} | {100 * row['avg_gap']:.2f} | "
                      f"{per_seed(r['avg_gap'] for r in row['runs'])} | {row['seconds']:.1f} |")
     if tuned:
+        lines += ["", "How much the setting matters (avg gap over the grid's cells; a user without a retrained model",
+                  "to tune against gets something between the best and the worst):", "",
+                  "| method | cells | best | median | worst |", "|---|---|---|---|---|"]
+        for method in best:
+            cells = [100 * r["avg_gap"] for r in rows if r["method"] == method]
+            lines.append(f"| {NAMES[method]} | {len(cells)} | {min(cells):.2f} | {statistics.median(cells):.2f} | "
+                         f"{max(cells):.2f} |")
         lines += ["", f"All trials (mean avg gap over {runs}):"]
         lines += [f"- {NAMES[r['method']]} {describe(r['config'])}: {100 * r['avg_gap']:.2f}" for r in rows]
     lines.append(f"\n(original and retrained models trained in {result['setup_seconds']:.0f} s)")

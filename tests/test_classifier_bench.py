@@ -1,0 +1,33 @@
+"""The classifier bench's bookkeeping: held-out splits, overrides and loop seeds reach the runs."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+import classifier_methods  # noqa: E402
+
+
+def test_bench_runs_the_held_out_splits_with_the_overrides():
+    overrides = ("sfron.temperature=0.25", "train.steps=30")
+    item = ("random", 2, (5, 6), (), False, 1, ("sfron",), (1000, 1), overrides)
+    result = classifier_methods.run_task(item)
+    assert result["variants"] == [5, 6]
+    assert result["recipe"]["sfron"]["temperature"] == 0.25 and result["recipe"]["train"]["steps"] == 30
+    (row,) = result["rows"]
+    assert row["method"] == "sfron" and len(row["runs"]) == 2
+    # Two splits, two forget sets of 10% (the same size), each against its own retrained model.
+    assert {s["forget_size"] for s in result["setups"]} == {144}
+    assert result["setups"][0]["retrained"] != result["setups"][1]["retrained"]
+    heading = classifier_methods.markdown("random", result, tuned=False).splitlines()[1]
+    assert "2 splits (split seeds 5-6)" in heading and "--set sfron.temperature=0.25 train.steps=30" in heading
+
+
+def test_tune_prints_how_much_the_setting_matters():
+    rows = [{"method": "ga", "avg_gap": gap, "config": {"lr": lr}, "ua": 0, "ra": 1, "ta": 1, "mia": 0,
+             "runs": [{"avg_gap": gap}], "seconds": 1.0} for gap, lr in ((0.01, 0.01), (0.03, 0.03), (0.2, 0.1))]
+    setup = {"original": {"ua": 0, "ra": 1, "ta": 1, "mia": 0}, "retrained": {"ua": 0, "ra": 1, "ta": 1, "mia": 0},
+             "forget_size": 144}
+    result = {"recipe": {"sfron": {"steps": 5}, "forget": {"fraction": 0.1}}, "setups": [setup], "rows": rows,
+              "variants": [0], "loop_seeds": [0, 1], "setup_seconds": 1.0}
+    text = classifier_methods.markdown("random", result, tuned=True)
+    assert "| GA | 3 | 1.00 | 3.00 | 20.00 |" in text
