@@ -64,6 +64,11 @@ GRID = {
 }
 FT_GRID = ("lr", "lr_schedule")  # FT has no forget step: forget_alpha and the clip of it do not apply
 KNOBS = {"sfron": ("gamma", (0.3, 1.0, 3.0)), "salun": ("salun_fraction", (0.25, 0.5, 0.75))}
+# The paper's CIFAR-10 classifier setting (DESIGN.md §2) with the official code's cosine rate, for every
+# method alike: what a user gets without a retrained model to tune against.
+PAPER_DEFAULTS = {"lr": 0.01, "lr_schedule": "cosine", "optimizer": "sgd", "momentum": 0.9, "weight_decay": 5e-4,
+                  "forget_every": 5, "forget_alpha": 25.0, "decay_forget_alpha": True, "temperature": 0.5,
+                  "gamma": 1.0, "grad_clip": 7.0}
 
 
 def main() -> int:
@@ -87,6 +92,9 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a recipe value for both tasks (e.g. sfron.temperature=0.25; repeatable)")
+    parser.add_argument("--paper-defaults", action="store_true",
+                        help="every method at the paper's classifier setting (PAPER_DEFAULTS, SalUn mask 0.5) "
+                             "instead of its tuned one")
     parser.add_argument("--json", type=Path, default=None, help="also write every result here")
     args = parser.parse_args()
 
@@ -98,7 +106,7 @@ def main() -> int:
     loop_seeds = (args.seed_offset, args.repeats)
     splits = tuple(range(args.first_split, args.first_split + args.seeds))
     work = [(task, args.steps, splits, tuple(args.classes), args.tune, args.threads, tuple(group), loop_seeds,
-             tuple(args.overrides))
+             paper_overrides() * args.paper_defaults + tuple(args.overrides))
             for task in args.tasks for group in groups]
     if args.jobs > 1:
         with ProcessPoolExecutor(max_workers=args.jobs) as pool:
@@ -118,6 +126,12 @@ def main() -> int:
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=float) + "\n")
     return 0
+
+
+def paper_overrides() -> tuple[str, ...]:
+    """--set overrides that put every method at PAPER_DEFAULTS (the recipes' per-method picks removed)."""
+    values = [f"sfron.{k}={json.dumps(v)}" for k, v in PAPER_DEFAULTS.items()]
+    return (*values, "fisher.salun_fraction=0.5", "per_method={}")
 
 
 def grid_size(method: str) -> int:
@@ -234,7 +248,10 @@ def markdown(task, result, tuned) -> str:
         what, runs, unit = f"one class ({count} images)", f"classes {classes} forgotten in turn", "class"
     runs += f", {repeats} loop seeds each" if repeats > 1 else ""
     runs += f" (loop seeds from {offset})" if offset else ""
-    runs += f"; --set {' '.join(result['overrides'])}" if result.get("overrides") else ""
+    overrides, paper = result.get("overrides", []), list(paper_overrides())
+    if overrides[:len(paper)] == paper:
+        runs, overrides = runs + "; every method at the paper's defaults", overrides[len(paper):]
+    runs += f"; --set {' '.join(overrides)}" if overrides else ""
     lines = [
         f"\n### digits, forget {what}, {steps} steps per method, mean of {runs}",
         "",

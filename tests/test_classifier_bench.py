@@ -31,3 +31,14 @@ def test_tune_prints_how_much_the_setting_matters():
               "variants": [0], "loop_seeds": [0, 1], "setup_seconds": 1.0}
     text = classifier_methods.markdown("random", result, tuned=True)
     assert "| GA | 3 | 1.00 | 3.00 | 20.00 |" in text
+
+
+def test_paper_defaults_put_every_method_on_the_same_setting():
+    recipe = classifier_methods.apply_overrides(
+        classifier_methods.load_recipe(classifier_methods.PIPELINES_DIR / "classifier-digits-random.toml"),
+        list(classifier_methods.paper_overrides()),
+    )
+    for method in ("ga", "rl", "salun", "sfron"):
+        config = classifier_methods.method_config(recipe, method)
+        assert {k: getattr(config, k) for k in classifier_methods.PAPER_DEFAULTS} == classifier_methods.PAPER_DEFAULTS
+    assert recipe["fisher"]["salun_fraction"] == 0.5
