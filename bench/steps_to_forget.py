@@ -31,13 +31,12 @@ from erase.core.baselines import method_spec  # noqa: E402
 from erase.core.io import atomic_write_json, atomic_write_text  # noqa: E402
 from erase.core.saliency import mask_stats  # noqa: E402
 from erase.core.sfron import SFRonConfig  # noqa: E402
+from erase.eval.verdict import FA_TARGET, REMAINING_TOLERANCE, class_forgotten  # noqa: E402
 from erase.families import ddpm  # noqa: E402
 from erase.recipes import load_recipe, resolve_path  # noqa: E402
 from erase.workflows import ddpm_class  # noqa: E402
 
 SECTION = "## Steps to forget: SFR-on vs baselines (digits DDPM)"
-FA_TARGET = 0.05
-ACCURACY_TOLERANCE = 0.02
 
 # What each method changes in the recipe's [sfron] table. Everything else (optimizer, lr, batch, clip,
 # remain steps with α_r) is the recipe's for every method. GA, RL and SalUn use their papers' forget
@@ -181,7 +180,7 @@ def run_one(
 def first_forgotten(result: dict, original_accuracy: float) -> dict | None:
     """The first evaluation with FA <= 0.05 and remaining accuracy >= original - 0.02, or None."""
     for point in result["curve"]:
-        if point["fa"] <= FA_TARGET and point["remaining_accuracy"] >= original_accuracy - ACCURACY_TOLERANCE:
+        if class_forgotten(point["fa"], point["remaining_accuracy"], original_accuracy):
             return point
     return None
 
@@ -204,7 +203,7 @@ def reading(results: list[dict], before: dict) -> str:
 
 
 def markdown(results: list[dict], before: dict, args, command: str, minutes: float, recipe: dict) -> str:
-    target = before["remaining_accuracy"] - ACCURACY_TOLERANCE
+    target = before["remaining_accuracy"] - REMAINING_TOLERANCE
     lines = [
         SECTION,
         "",
@@ -219,7 +218,7 @@ def markdown(results: list[dict], before: dict, args, command: str, minutes: flo
         "",
         f"Original model: FA {before['fa']:.3f}, remaining accuracy {before['remaining_accuracy']:.3f}, "
         f"FID {before['fid']:.2f}. **Forgotten** = first evaluation with FA ≤ {FA_TARGET} and remaining accuracy "
-        f"≥ {target:.3f} (original − {ACCURACY_TOLERANCE}). Wall time = mask set-up (Fisher pass, SalUn's "
+        f"≥ {target:.3f} (original − {REMAINING_TOLERANCE}). Wall time = mask set-up (Fisher pass, SalUn's "
         "gradient pass) + training steps up to that point, evaluations excluded.",
         "",
         "| method | hyper-parameters | steps to forget | wall time to forget | at that step: FA / rem. acc. / FID "
@@ -259,7 +258,7 @@ def plot(results: list[dict], before: dict, path: Path) -> None:
         for ax, (key, _) in zip(axes, keys):
             ax.plot([p["step"] for p in curve], [p[key] for p in curve], marker=".", linewidth=1.2, label=r["label"])
     axes[0].axhline(FA_TARGET, color="grey", linestyle="--", linewidth=0.8)
-    axes[1].axhline(before["remaining_accuracy"] - ACCURACY_TOLERANCE, color="grey", linestyle="--", linewidth=0.8)
+    axes[1].axhline(before["remaining_accuracy"] - REMAINING_TOLERANCE, color="grey", linestyle="--", linewidth=0.8)
     for ax, (_, title) in zip(axes, keys):
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("step")

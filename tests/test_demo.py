@@ -21,9 +21,11 @@ def run_cli(*args):
 
 
 @needs_assets
-def test_demo_writes_the_run_folder(tmp_path):
+def test_demo_writes_the_run_folder(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["demo", "--steps", "2", "--forget-class", "5", "--out", str(out), *SMALL]) == 0
+    # Two steps do not forget a digit: the run says so, and what to change.
+    assert "not forgotten yet" in capsys.readouterr().out
     for name in ("metrics.json", "grid_before.png", "grid_after.png", "loss.png", "config.toml", "mask.safetensors"):
         assert (out / name).is_file(), name
     metrics = json.loads((out / "metrics.json").read_text())

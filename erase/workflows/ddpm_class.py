@@ -32,6 +32,7 @@ from erase.eval.accuracy import (
 )
 from erase.eval.fid import DIGITS_EXTRACTOR, fid_kid
 from erase.eval.report import format_table, save_grid, save_loss_plot
+from erase.eval.verdict import verdict
 from erase.families import ddpm
 from erase.families.classifier import load_classifier, predict
 from erase.recipes import resolve_path
@@ -279,4 +280,5 @@ def summary_table(metrics: dict) -> str:
         ("remaining accuracy", b["remaining_accuracy"], a["remaining_accuracy"]),
         (f"FID (remaining, {b.get('fid_features') or 'digit-CNN features'})", b["fid"] if b["fid"] is not None else "-", a["fid"] if a["fid"] is not None else "-"),
     ]
-    return format_table(rows, ("metric", "before", "after"))
+    line = verdict(b, a, metrics["steps"])
+    return format_table(rows, ("metric", "before", "after")) + (f"\n{line}" if line else "")

@@ -30,6 +30,7 @@ from erase.core.saliency import mask_stats
 from erase.core.sfron import unlearn
 from erase.errors import UserError
 from erase.eval.report import format_table, save_grid, save_loss_plot
+from erase.eval.verdict import verdict
 from erase.families import ddpm, dit
 from erase.workflows.ddpm_class import (
     build_mask,
@@ -225,4 +226,5 @@ def summary_table(metrics: dict) -> str:
         ("remaining accuracy", cell(b["remaining_accuracy"]), cell(a["remaining_accuracy"])),
         (f"FID (remaining, {b.get('fid_features') or 'none'})", cell(b["fid"]), cell(a["fid"])),
     ]
-    return format_table(rows, ("metric", "before", "after"))
+    line = verdict(b, a, metrics["steps"])
+    return format_table(rows, ("metric", "before", "after")) + (f"\n{line}" if line else "")

@@ -1,0 +1,31 @@
+"""Did a class erasure work? The project's bar, and the one line a run ends with.
+
+A class is forgotten when at most 5% of the generated images of it are still recognised as it (FA)
+and the other classes lose at most 2 points of accuracy. The benches (steps to forget, the demo on
+every digit) use the same test, so a run's verdict and the published tables agree.
+"""
+
+from __future__ import annotations
+
+FA_TARGET = 0.05
+REMAINING_TOLERANCE = 0.02
+_SLACK = 1e-9  # accuracies are ratios of small counts: 0.05 must pass as 0.05
+
+
+def class_forgotten(fa: float, remaining_after: float, remaining_before: float) -> bool:
+    return fa <= FA_TARGET + _SLACK and remaining_before - remaining_after <= REMAINING_TOLERANCE + _SLACK
+
+
+def verdict(before: dict, after: dict, steps: int) -> str | None:
+    """One line for the end of a run: forgotten or not, and what to change if not; None without a classifier."""
+    if after.get("fa") is None or before.get("remaining_accuracy") is None:
+        return None
+    fa, drop = after["fa"], before["remaining_accuracy"] - after["remaining_accuracy"]
+    kept = f"the other classes {'lost' if drop > 0 else 'gained'} {abs(drop) * 100:.1f} points"
+    if class_forgotten(fa, after["remaining_accuracy"], before["remaining_accuracy"]):
+        return f"forgotten: FA {fa:.2f} ≤ {FA_TARGET} after {steps} steps; {kept} (tolerance {REMAINING_TOLERANCE * 100:.0f})"
+    if fa > FA_TARGET + _SLACK:
+        return (f"not forgotten yet: FA {fa:.2f} > {FA_TARGET} after {steps} steps ({kept}); more steps "
+                f"(--set sfron.steps=...) or a larger sfron.lr forget more, a smaller sfron.gamma masks more weights")
+    return (f"forgotten (FA {fa:.2f}), but {kept}, over the tolerance of {REMAINING_TOLERANCE * 100:.0f}; "
+            f"a smaller sfron.lr or forget_alpha, or a larger sfron.gamma (fewer weights) spares them")

@@ -1,0 +1,19 @@
+"""The bar a class erasure is judged by, and the line a run ends with."""
+
+from erase.eval.verdict import class_forgotten, verdict
+
+
+def test_the_bar_is_inclusive_at_both_limits():
+    assert class_forgotten(0.05, 0.98, 1.0)  # 1.0 - 0.98 is 0.020000000000000018 in floats
+    assert not class_forgotten(0.06, 1.0, 1.0)
+    assert not class_forgotten(0.0, 0.97, 1.0)
+    assert class_forgotten(0.0, 1.0, 0.99)  # the other classes may improve
+
+
+def test_verdict_names_what_went_wrong():
+    before = {"fa": 1.0, "remaining_accuracy": 0.997}
+    assert verdict(before, {"fa": 0.0, "remaining_accuracy": 0.986}, 50).startswith("forgotten: FA 0.00")
+    assert "lost 1.1 points" in verdict(before, {"fa": 0.0, "remaining_accuracy": 0.986}, 50)
+    assert verdict(before, {"fa": 0.27, "remaining_accuracy": 0.99}, 50).startswith("not forgotten yet: FA 0.27")
+    assert "over the tolerance" in verdict(before, {"fa": 0.0, "remaining_accuracy": 0.9}, 50)
+    assert verdict({"fa": None, "remaining_accuracy": None}, {"fa": None, "remaining_accuracy": None}, 5) is None
