@@ -1,12 +1,12 @@
-"""Steps to forget: SFR-on against GA, RL, SalUn and FT on the bundled digits DDPM, through one loop.
+"""Steps to forget: SFR-on against GA, RL, SalUn, ESD and FT on the bundled digits DDPM, through one loop.
 
     python bench/steps_to_forget.py                       # about 20 minutes on 2 CPU cores
     python bench/steps_to_forget.py --write-benchmarks    # also writes BENCHMARKS.md and the plot
 
 Every method starts from the same model and runs the one SFR-on loop (`erase.core.sfron.unlearn`)
 with the same data, batch size, optimizer, learning rate, clipping and remain steps; only the forget
-objective, the mask and the forget-weight schedule differ (`erase.core.baselines.method_spec`, built
-by the DDPM class workflow). Every k steps the loop's `on_step` callback generates images with fixed
+objective, the mask and the forget-weight schedule differ (`erase.workflows.ddpm_class.user_method`:
+the shared `erase.core.baselines` specs, ESD's included). Every k steps the loop's `on_step` callback generates images with fixed
 seeds and scores them as `erase run` does: FA of the forgotten class, mean accuracy on the remaining
 classes, FID of the remaining classes on the digit classifier's features. A method has forgotten at
 the first evaluation with FA <= 0.05 and remaining accuracy within 0.02 of the original model's.
@@ -27,7 +27,6 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from erase.core.baselines import method_spec  # noqa: E402
 from erase.core.io import atomic_write_json, atomic_write_text  # noqa: E402
 from erase.core.saliency import mask_stats  # noqa: E402
 from erase.core.sfron import SFRonConfig  # noqa: E402
@@ -47,9 +46,10 @@ METHOD_SETTINGS = {
     "ga": {"forget_alpha": 1.0, "decay_forget_alpha": False},
     "rl": {"forget_alpha": 1.0, "decay_forget_alpha": False},
     "salun": {"forget_alpha": 1.0, "decay_forget_alpha": False},
+    "esd": {"forget_alpha": 1.0, "decay_forget_alpha": False},
     "ft": {},
 }
-LABELS = {"sfron": "SFR-on", "ga": "GA", "rl": "RL", "salun": "SalUn", "ft": "FT"}
+LABELS = {"sfron": "SFR-on", "ga": "GA", "rl": "RL", "salun": "SalUn", "esd": "ESD", "ft": "FT"}
 NOTES = (
     "How the methods differ (all through the one loop; objectives from `erase.workflows.ddpm_class.forget_objective`, "
     "masks from `build_mask`): **SFR-on** ascends the adaptively weighted ε-MSE (λ) on the forget class under its "
@@ -57,7 +57,9 @@ NOTES = (
     "pulls ε_θ(x_t, c_f) towards sg ε_θ(x_t, c') for a random other class c' on the same noisy forget image "
     "(`erase.families.ddpm.class_mapping_loss`, as in the official SalUn / SFR-on DDPM code, which uses "
     "c' = (c_f + 1) mod 10); **SalUn** is RL under the top-50% "
-    "|∇L_f| mask; **FT** takes remain steps only. Every method gets SFR-on's separate, unmasked remain step "
+    "|∇L_f| mask; **ESD** pulls ε_θ(x_t, c_f) towards a frozen copy's negatively guided ε*(x_t, ∅) − "
+    "η(ε*(x_t, c_f) − ε*(x_t, ∅)), η = 1 (`erase.families.ddpm.class_esd_loss`; ESD itself has no remain step); "
+    "**FT** takes remain steps only. Every method gets SFR-on's separate, unmasked remain step "
     "(α_r = 1); SalUn's official code instead adds 1e-3 × the remain loss to the forget loss in one masked step. "
     "Learning rate: every method uses the recipe's, tuned for SFR-on on this "
     "model; the baselines were not tuned separately (`--lrs 1e-4,5e-4` runs every method at both rates)."
@@ -115,7 +117,7 @@ def run_key(method: str, config: dict) -> str:
 
 def describe(run: dict, recipe: dict) -> str:
     """The hyper-parameters a run used, for the table."""
-    c, spec = run["config"], method_spec(run["method"])
+    c, spec = run["config"], ddpm_class.user_method({"method": {"name": run["method"]}})
     schedule = f" cosine→0 over {c.get('steps', 50)}" if c.get("lr_schedule") == "cosine" else ""
     parts = [f"{c.get('optimizer', 'adam').capitalize()} lr {c.get('lr', 1e-4):g}{schedule}"]
     if spec.forget is not None:
@@ -148,7 +150,7 @@ def run_one(
     run: dict, recipe: dict, evaluator, schedule: tuple[int, int, int], work_dir: Path, show_progress: bool
 ) -> dict:
     """Erase with one method, evaluating on `schedule`; times exclude the evaluations."""
-    spec = method_spec(run["method"])
+    spec = ddpm_class.user_method({"method": {"name": run["method"]}})
     config = SFRonConfig.from_dict(run["config"])
     forget_class = int(recipe["forget"]["class"])
     pipeline = ddpm.load_or_build_pipeline(recipe["model"])
@@ -297,7 +299,7 @@ def parse_lrs(items: list[str]) -> dict[str, float]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--recipe", default="pipelines/digits-ddpm-class.toml")
-    parser.add_argument("--methods", default="sfron,ga,rl,salun,ft")
+    parser.add_argument("--methods", default="sfron,ga,rl,salun,esd,ft")
     parser.add_argument("--budget", type=int, default=300, help="steps per method")
     parser.add_argument("--every", type=int, default=10, help="evaluate every k steps ...")
     parser.add_argument("--late-from", type=int, default=100, help="... up to this step ...")
@@ -336,7 +338,7 @@ def main(argv=None) -> int:
     args.forget_class = int(recipe["forget"]["class"])
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     for name in methods:
-        method_spec(name)
+        ddpm_class.user_method({"method": {"name": name}})  # an unknown name stops here, before any run
     lrs = [float(v) for v in args.lrs.split(",")] if args.lrs else None
     runs = plan_runs(recipe, methods, args.budget, lrs, parse_lrs(args.lr), args.long_sfron)
     work_dir = Path(args.work_dir)

@@ -1,5 +1,6 @@
 """Every method of the DDPM class workflow runs through the one loop on a tiny DDPM; the bench's bookkeeping."""
 
+import copy
 import math
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ from erase.core.fisher import load_fisher
 from erase.core.saliency import mask_stats, saliency_mask
 from erase.core.sfron import SFRonConfig, unlearn
 from erase.data.digits import load_digits_tensors
+from erase.errors import UserError
 from erase.families import ddpm
 from erase.workflows import ddpm_class
 
@@ -123,3 +125,36 @@ def test_class_mapping_trains_the_forgotten_label():
     assert grad[FORGET_CLASS].abs().sum() > 0
     others = [k for k in range(11) if k != FORGET_CLASS]
     assert grad[others].abs().sum() == 0  # the target branch carries no gradient
+
+
+def test_esd_target_is_the_negatively_guided_prediction_of_a_frozen_copy():
+    """With the model still equal to its frozen copy, ESD's loss is (1 + η)² ‖ε(x_t, c) − ε(x_t, ∅)‖²."""
+    scheduler = ddpm.build_scheduler()
+    unet = ddpm.build_unet("tiny", num_classes=10).eval()
+    teacher = copy.deepcopy(unet).requires_grad_(False)
+    images, labels = torch.randn(3, 1, 8, 8), torch.full((3,), FORGET_CLASS)
+    torch.manual_seed(0)
+    losses = ddpm.class_esd_loss(scheduler, teacher, null_class=10, negative_guidance=0.5)(unet, (images, labels))
+    torch.manual_seed(0)  # the same noise and timesteps
+    noise = torch.randn_like(images)
+    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (3,))
+    noisy = scheduler.add_noise(images, noise, timesteps)
+    with torch.no_grad():
+        gap = unet(noisy, timesteps, class_labels=labels).sample - unet(noisy, timesteps, class_labels=torch.full_like(labels, 10)).sample
+    expected = (1.5**2) * gap.pow(2).mean(dim=(1, 2, 3))
+    assert torch.allclose(losses.detach(), expected, rtol=1e-4, atol=1e-7)
+    assert losses.detach().min() > 0
+
+
+def test_esd_runs_through_the_workflow_without_a_mask(tmp_path):
+    pipeline = ddpm.random_pipeline("tiny")
+    before = [p.detach().clone() for p in pipeline.unet.parameters()]
+    recipe = {"method": {"name": "esd"}, "data": {"dataset": "digits", "batch_size": 16}}
+    spec = ddpm_class.user_method(recipe)
+    config = SFRonConfig(steps=2, lr=1e-3, forget_alpha=1.0, decay_forget_alpha=False)
+    mask, history, _ = ddpm_class.erase_class(recipe, pipeline, spec, config, FORGET_CLASS, tmp_path, show_progress=False)
+    assert spec.name == "esd" and mask is None
+    assert [r["step"] for r in history] == [1, 2] and all("forget_loss" in r for r in history)
+    assert any(not torch.equal(p, b) for p, b in zip(pipeline.unet.parameters(), before))
+    with pytest.raises(UserError, match="or esd"):
+        ddpm_class.user_method({"method": {"name": "esdx"}})

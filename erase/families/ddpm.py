@@ -114,6 +114,31 @@ def class_mapping_loss(scheduler: DDPMScheduler, num_classes: int):
     return loss_fn
 
 
+def class_esd_loss(scheduler: DDPMScheduler, teacher: UNet2DModel, null_class: int, negative_guidance: float = 1.0):
+    """ESD for a class-conditional DDPM, per sample: on the same noisy forget image x_t,
+    ‖ε_θ(x_t, c_f) − [ε*(x_t, ∅) − η(ε*(x_t, c_f) − ε*(x_t, ∅))]‖², ε* a frozen copy of the original.
+
+    The forgotten label is pushed to the negatively guided prediction: guidance away from c_f.
+    """
+    num_timesteps = scheduler.config.num_train_timesteps
+
+    def loss_fn(model, batch):
+        images, labels = batch
+        device = next(model.parameters()).device
+        images, labels = images.to(device), labels.to(device)
+        noise = torch.randn_like(images)
+        timesteps = torch.randint(0, num_timesteps, (images.shape[0],), device=device)
+        noisy = scheduler.add_noise(images, noise, timesteps)
+        with torch.no_grad():
+            eps_null = teacher(noisy, timesteps, class_labels=torch.full_like(labels, null_class)).sample
+            eps_class = teacher(noisy, timesteps, class_labels=labels).sample
+            target = eps_null - negative_guidance * (eps_class - eps_null)
+        prediction = model(noisy, timesteps, class_labels=labels).sample
+        return F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+
+    return loss_fn
+
+
 def class_split(images: torch.Tensor, labels: torch.Tensor, forget_class: int):
     """(forget images/labels, remain images/labels) for forgetting one class."""
     forget = labels == forget_class

@@ -7,12 +7,13 @@ batch_size, generated_per_class; [method] name; [sfron] (SFRonConfig fields); [f
 
 from __future__ import annotations
 
+import copy
 import time
 from pathlib import Path
 
 import torch
 
-from erase.core.baselines import method_spec
+from erase.core.baselines import ESD, method_spec
 from erase.core.fisher import fisher_diagonal, gradient_sum, load_fisher, save_fisher
 from erase.core.io import atomic_directory
 from erase.core.losses import ascent_objective, descent_objective
@@ -91,10 +92,14 @@ def resolve_output(recipe: dict) -> Path:
 
 
 def user_method(recipe: dict):
+    """The recipe's method: one of the shared METHODS, or ESD (this family has the null class it needs)."""
+    name = recipe.get("method", {}).get("name", "sfron")
+    if name == "esd":
+        return ESD
     try:
-        return method_spec(recipe.get("method", {}).get("name", "sfron"))
+        return method_spec(name)
     except ValueError as error:
-        raise UserError(str(error)) from None
+        raise UserError(f"{error} or esd") from None
 
 
 def sfron_config(recipe: dict) -> SFRonConfig:
@@ -149,7 +154,10 @@ def erase_class(recipe, pipeline, spec, config, forget_class: int, work_dir: Pat
     started = time.perf_counter()
     mask = build_mask(spec.mask, recipe, unet, loss_fn, forget_batches, remain_batches, config, work_dir)
     mask_seconds = time.perf_counter() - started
-    objective = forget_objective(spec, loss_fn, config, forget_class, pipeline.num_classes, scheduler)
+    if spec is ESD:
+        objective = esd_objective(recipe, unet, scheduler)
+    else:
+        objective = forget_objective(spec, loss_fn, config, forget_class, pipeline.num_classes, scheduler)
     history = unlearn(unet, objective, loss_fn, forget_batches, remain_batches, config, mask=mask,
                       on_step=on_step, show_progress=show_progress)
     unet.requires_grad_(False)
@@ -194,6 +202,16 @@ def forget_objective(spec, loss_fn, config, forget_class: int, num_classes: int,
         return images, (labels + shift) % num_classes
 
     return descent_objective(loss_fn, relabel)
+
+
+def esd_objective(recipe: dict, unet, scheduler):
+    """ESD: descent towards a frozen copy's negatively guided prediction (η = method.negative_guidance, 1 by default)."""
+    guidance = float(recipe.get("method", {}).get("negative_guidance", 1.0))
+    if guidance <= 0:
+        raise UserError(f"method.negative_guidance must be > 0, got {guidance}")
+    teacher = copy.deepcopy(unet).requires_grad_(False).eval()
+    null_class = unet.config.num_class_embeds - 1
+    return descent_objective(ddpm.class_esd_loss(scheduler, teacher, null_class, guidance))
 
 
 def make_evaluator(recipe: dict, num_classes: int, forget_class: int):

@@ -26,7 +26,7 @@ import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader, TensorDataset
 
-from erase.core.baselines import MethodSpec, method_spec
+from erase.core.baselines import ESD, method_spec
 from erase.core.fisher import fisher_diagonal, gradient_sum, load_fisher, save_fisher
 from erase.core.io import atomic_write_json
 from erase.core.losses import ascent_objective, descent_objective
@@ -48,7 +48,6 @@ from erase.workflows.records import write_run_records
 METHODS = ("sfron", "ga", "rl", "salun", "esd")
 FORGET_LOSSES = ("mapping", "ascent", "adaptive")
 DEFAULT_FORGET_LOSS = {"sfron": "mapping", "rl": "mapping", "salun": "mapping", "ga": "ascent"}
-ESD = MethodSpec("esd", "descent", None, False, "ESD: negative-guidance target from a frozen copy, no mask")
 # SD defaults (official SFR-on SD script): Adam lr 1e-5, forget/remain weight 1, no decay.
 SFRON_DEFAULTS = dict(steps=1000, lr=1e-5, forget_alpha=1.0, remain_alpha=1.0, decay_forget_alpha=False, grad_clip=1.0)
 
