@@ -158,3 +158,16 @@ def test_esd_runs_through_the_workflow_without_a_mask(tmp_path):
     assert any(not torch.equal(p, b) for p, b in zip(pipeline.unet.parameters(), before))
     with pytest.raises(UserError, match="or esd"):
         ddpm_class.user_method({"method": {"name": "esdx"}})
+
+
+def test_reading_compares_with_the_best_baseline_and_with_ga_only_when_it_ran():
+    def result(method, fa_by_step):
+        return {"method": method, "curve": [{"step": s, "fa": fa, "remaining_accuracy": 1.0} for s, fa in fa_by_step]}
+
+    before = {"remaining_accuracy": 1.0}
+    runs = [result("sfron", [(2, 0.5), (4, 0.05)]), result("rl", [(2, 0.5), (4, 0.5), (6, 0.0)])]
+    text = steps_to_forget.reading(runs, before)
+    assert "SFR-on reaches the target at step 4; the best baseline (RL) at step 6" in text
+    assert "Against plain GA" not in text
+    runs.append(result("ga", [(2, 0.5), (40, 0.0)]))
+    assert "Against plain GA the ratio is 10×" in steps_to_forget.reading(runs, before)
