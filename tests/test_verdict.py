@@ -17,3 +17,9 @@ def test_verdict_names_what_went_wrong():
     assert verdict(before, {"fa": 0.27, "remaining_accuracy": 0.99}, 50).startswith("not forgotten yet: FA 0.27")
     assert "over the tolerance" in verdict(before, {"fa": 0.0, "remaining_accuracy": 0.9}, 50)
     assert verdict({"fa": None, "remaining_accuracy": None}, {"fa": None, "remaining_accuracy": None}, 5) is None
+
+
+def test_advice_names_gamma_only_for_the_fisher_mask():
+    before, after = {"fa": 1.0, "remaining_accuracy": 1.0}, {"fa": 0.0, "remaining_accuracy": 0.8}
+    assert "sfron.gamma" in verdict(before, after, 3)
+    assert "sfron.gamma" not in verdict(before, after, 3, fisher_mask=False)

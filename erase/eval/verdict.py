@@ -16,8 +16,10 @@ def class_forgotten(fa: float, remaining_after: float, remaining_before: float) 
     return fa <= FA_TARGET + _SLACK and remaining_before - remaining_after <= REMAINING_TOLERANCE + _SLACK
 
 
-def verdict(before: dict, after: dict, steps: int) -> str | None:
-    """One line for the end of a run: forgotten or not, and what to change if not; None without a classifier."""
+def verdict(before: dict, after: dict, steps: int, fisher_mask: bool = True) -> str | None:
+    """One line for the end of a run: forgotten or not, and what to change if not; None without a classifier.
+
+    `fisher_mask`: the method has SFR-on's γ-thresholded mask, so γ is worth naming in the advice."""
     if after.get("fa") is None or before.get("remaining_accuracy") is None:
         return None
     fa, drop = after["fa"], before["remaining_accuracy"] - after["remaining_accuracy"]
@@ -25,7 +27,9 @@ def verdict(before: dict, after: dict, steps: int) -> str | None:
     if class_forgotten(fa, after["remaining_accuracy"], before["remaining_accuracy"]):
         return f"forgotten: FA {fa:.2f} ≤ {FA_TARGET} after {steps} steps; {kept} (tolerance {REMAINING_TOLERANCE * 100:.0f})"
     if fa > FA_TARGET + _SLACK:
+        gamma = ", a smaller sfron.gamma masks more weights" if fisher_mask else ""
         return (f"not forgotten yet: FA {fa:.2f} > {FA_TARGET} after {steps} steps ({kept}); more steps "
-                f"(--set sfron.steps=...) or a larger sfron.lr forget more, a smaller sfron.gamma masks more weights")
+                f"(--set sfron.steps=...) or a larger sfron.lr forget more{gamma}")
+    gamma = ", or a larger sfron.gamma (fewer weights)" if fisher_mask else ""
     return (f"forgotten (FA {fa:.2f}), but {kept}, over the tolerance of {REMAINING_TOLERANCE * 100:.0f}; "
-            f"a smaller sfron.lr or forget_alpha, or a larger sfron.gamma (fewer weights) spares them")
+            f"a smaller sfron.lr or forget_alpha{gamma} spares them")

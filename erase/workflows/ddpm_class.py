@@ -298,5 +298,5 @@ def summary_table(metrics: dict) -> str:
         ("remaining accuracy", b["remaining_accuracy"], a["remaining_accuracy"]),
         (f"FID (remaining, {b.get('fid_features') or 'digit-CNN features'})", b["fid"] if b["fid"] is not None else "-", a["fid"] if a["fid"] is not None else "-"),
     ]
-    line = verdict(b, a, metrics["steps"])
+    line = verdict(b, a, metrics["steps"], fisher_mask=metrics.get("method") == "sfron")
     return format_table(rows, ("metric", "before", "after")) + (f"\n{line}" if line else "")

@@ -226,5 +226,5 @@ def summary_table(metrics: dict) -> str:
         ("remaining accuracy", cell(b["remaining_accuracy"]), cell(a["remaining_accuracy"])),
         (f"FID (remaining, {b.get('fid_features') or 'none'})", cell(b["fid"]), cell(a["fid"])),
     ]
-    line = verdict(b, a, metrics["steps"])
+    line = verdict(b, a, metrics["steps"], fisher_mask=metrics.get("method") == "sfron")
     return format_table(rows, ("metric", "before", "after")) + (f"\n{line}" if line else "")
