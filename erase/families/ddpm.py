@@ -66,26 +66,33 @@ def load_pipeline(path, device: str | torch.device = "cpu") -> ClassConditionalD
     return pipeline.to(device)
 
 
+def noised_batch(scheduler: DDPMScheduler, model, batch):
+    """(x_t, ε, t, labels) on the model's device: the batch's images noised at uniformly drawn timesteps."""
+    images, labels = batch
+    device = next(model.parameters()).device  # CPU batches follow a model on the GPU (Fisher, masks)
+    images, labels = images.to(device), labels.to(device)
+    noise = torch.randn_like(images)
+    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (images.shape[0],), device=device)
+    return scheduler.add_noise(images, noise, timesteps), noise, timesteps, labels
+
+
+def per_sample_mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+
+
 def epsilon_loss(scheduler: DDPMScheduler, class_dropout: float = 0.0, null_class: int | None = None):
     """Per-sample ε-prediction MSE at a random timestep: the family's loss for the core.
 
     batch = (images in [-1, 1], class labels). With class_dropout > 0 (pretraining), that share of
     labels is replaced by the null class so the model learns ε_∅ for guidance.
     """
-    num_timesteps = scheduler.config.num_train_timesteps
 
     def loss_fn(model, batch):
-        images, labels = batch
-        device = next(model.parameters()).device  # CPU batches follow a model on the GPU (Fisher, masks)
-        images, labels = images.to(device), labels.to(device)
-        noise = torch.randn_like(images)
-        timesteps = torch.randint(0, num_timesteps, (images.shape[0],), device=images.device)
-        noisy = scheduler.add_noise(images, noise, timesteps)
+        noisy, noise, timesteps, labels = noised_batch(scheduler, model, batch)
         if class_dropout > 0:
             drop = torch.rand(labels.shape, device=labels.device) < class_dropout
             labels = torch.where(drop, torch.full_like(labels, null_class), labels)
-        prediction = model(noisy, timesteps, class_labels=labels).sample
-        return F.mse_loss(prediction.float(), noise.float(), reduction="none").mean(dim=(1, 2, 3))
+        return per_sample_mse(model(noisy, timesteps, class_labels=labels).sample, noise)
 
     return loss_fn
 
@@ -96,20 +103,13 @@ def class_mapping_loss(scheduler: DDPMScheduler, num_classes: int):
     On the same noisy forget image x_t, pull ε_θ(x_t, c_f) towards sg ε_θ(x_t, c') for a random other
     class c': the forgotten label itself is trained, so generating it yields another class.
     """
-    num_timesteps = scheduler.config.num_train_timesteps
 
     def loss_fn(model, batch):
-        images, labels = batch
-        device = next(model.parameters()).device
-        images, labels = images.to(device), labels.to(device)
-        noise = torch.randn_like(images)
-        timesteps = torch.randint(0, num_timesteps, (images.shape[0],), device=device)
-        noisy = scheduler.add_noise(images, noise, timesteps)
-        other = (labels + torch.randint(1, num_classes, labels.shape, device=device)) % num_classes
+        noisy, _, timesteps, labels = noised_batch(scheduler, model, batch)
+        other = (labels + torch.randint(1, num_classes, labels.shape, device=labels.device)) % num_classes
         with torch.no_grad():
             target = model(noisy, timesteps, class_labels=other).sample
-        prediction = model(noisy, timesteps, class_labels=labels).sample
-        return F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        return per_sample_mse(model(noisy, timesteps, class_labels=labels).sample, target)
 
     return loss_fn
 
@@ -120,21 +120,14 @@ def class_esd_loss(scheduler: DDPMScheduler, teacher: UNet2DModel, null_class: i
 
     The forgotten label is pushed to the negatively guided prediction: guidance away from c_f.
     """
-    num_timesteps = scheduler.config.num_train_timesteps
 
     def loss_fn(model, batch):
-        images, labels = batch
-        device = next(model.parameters()).device
-        images, labels = images.to(device), labels.to(device)
-        noise = torch.randn_like(images)
-        timesteps = torch.randint(0, num_timesteps, (images.shape[0],), device=device)
-        noisy = scheduler.add_noise(images, noise, timesteps)
+        noisy, _, timesteps, labels = noised_batch(scheduler, model, batch)
         with torch.no_grad():
             eps_null = teacher(noisy, timesteps, class_labels=torch.full_like(labels, null_class)).sample
             eps_class = teacher(noisy, timesteps, class_labels=labels).sample
             target = eps_null - negative_guidance * (eps_class - eps_null)
-        prediction = model(noisy, timesteps, class_labels=labels).sample
-        return F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        return per_sample_mse(model(noisy, timesteps, class_labels=labels).sample, target)
 
     return loss_fn
 
