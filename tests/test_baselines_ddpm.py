@@ -158,6 +158,9 @@ def test_esd_runs_through_the_workflow_without_a_mask(tmp_path):
     assert any(not torch.equal(p, b) for p, b in zip(pipeline.unet.parameters(), before))
     with pytest.raises(UserError, match="or esd"):
         ddpm_class.user_method({"method": {"name": "esdx"}})
+    for bad in (0, -1.0, "strong", True):
+        with pytest.raises(UserError, match="negative_guidance"):
+            ddpm_class.user_method({"method": {"name": "esd", "negative_guidance": bad}})
 
 
 def test_reading_compares_with_the_best_baseline_and_with_ga_only_when_it_ran():

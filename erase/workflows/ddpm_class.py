@@ -95,6 +95,7 @@ def user_method(recipe: dict):
     """The recipe's method: one of the shared METHODS, or ESD (this family has the null class it needs)."""
     name = recipe.get("method", {}).get("name", "sfron")
     if name == "esd":
+        negative_guidance(recipe)  # a bad value stops the run before anything is computed
         return ESD
     try:
         return method_spec(name)
@@ -204,14 +205,19 @@ def forget_objective(spec, loss_fn, config, forget_class: int, num_classes: int,
     return descent_objective(loss_fn, relabel)
 
 
+def negative_guidance(recipe: dict) -> float:
+    """ESD's η: method.negative_guidance, 1 by default (as in ESD)."""
+    value = recipe.get("method", {}).get("negative_guidance", 1.0)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise UserError(f"method.negative_guidance must be a number > 0, got {value!r}")
+    return float(value)
+
+
 def esd_objective(recipe: dict, unet, scheduler):
-    """ESD: descent towards a frozen copy's negatively guided prediction (η = method.negative_guidance, 1 by default)."""
-    guidance = float(recipe.get("method", {}).get("negative_guidance", 1.0))
-    if guidance <= 0:
-        raise UserError(f"method.negative_guidance must be > 0, got {guidance}")
+    """ESD: descent towards a frozen copy's negatively guided prediction, the model's null class as ∅."""
     teacher = copy.deepcopy(unet).requires_grad_(False).eval()
     null_class = unet.config.num_class_embeds - 1
-    return descent_objective(ddpm.class_esd_loss(scheduler, teacher, null_class, guidance))
+    return descent_objective(ddpm.class_esd_loss(scheduler, teacher, null_class, negative_guidance(recipe)))
 
 
 def make_evaluator(recipe: dict, num_classes: int, forget_class: int):

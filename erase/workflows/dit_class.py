@@ -49,7 +49,10 @@ def run(recipe: dict, show_progress: bool = True) -> dict:
     started = time.perf_counter()
     recipe.setdefault("output", {}).setdefault("dir", "runs/dit-class")
     out_dir = resolve_output(recipe)
-    spec = method_spec(recipe.get("method", {}).get("name", "sfron"))
+    try:
+        spec = method_spec(recipe.get("method", {}).get("name", "sfron"))
+    except ValueError as error:
+        raise UserError(str(error)) from None
     config = sfron_config(recipe)
     torch.manual_seed(config.seed)
 
