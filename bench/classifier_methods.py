@@ -106,7 +106,7 @@ def main() -> int:
     loop_seeds = (args.seed_offset, args.repeats)
     splits = tuple(range(args.first_split, args.first_split + args.seeds))
     work = [(task, args.steps, splits, tuple(args.classes), args.tune, args.threads, tuple(group), loop_seeds,
-             paper_overrides() * args.paper_defaults + tuple(args.overrides))
+             (paper_overrides() if args.paper_defaults else ()) + tuple(args.overrides))
             for task in args.tasks for group in groups]
     if args.jobs > 1:
         with ProcessPoolExecutor(max_workers=args.jobs) as pool:
