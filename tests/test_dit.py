@@ -1,5 +1,6 @@
 """DiT family at test size: tiny DiTTransformer2DModel (learned σ, 8 output channels) + tiny AutoencoderKL."""
 
+import copy
 import json
 from pathlib import Path
 
@@ -188,3 +189,35 @@ def test_user_errors_are_one_line(files, tmp_path, capsys):
                  "--out", str(tmp_path / "c")]) == 2
     err = capsys.readouterr().err
     assert err.count("erase: error:") == 3 and "Traceback" not in err
+
+
+def test_esd_target_is_guided_away_from_the_class_on_the_epsilon_channels():
+    """While the model equals its frozen copy, ESD's loss is (1 + η)² ‖ε(x_t, c) − ε(x_t, ∅)‖² on the ε channels."""
+    torch.manual_seed(0)
+    model = DiTTransformer2DModel(**dit.PRESETS["tiny"]["transformer"]).eval()
+    teacher = copy.deepcopy(model).requires_grad_(False)
+    latents, labels = torch.randn(2, 4, 8, 8), torch.tensor([207, 207])
+    torch.manual_seed(1)
+    losses = dit.class_esd_loss(dit.build_scheduler(), teacher, negative_guidance=2.0)(model, (latents, labels))
+    torch.manual_seed(1)
+    noise = torch.randn_like(latents)
+    timesteps = torch.randint(0, 1000, (2,))
+    noisy = dit.build_scheduler().add_noise(latents, noise, timesteps)
+    with torch.no_grad():
+        eps_class = model(noisy, timestep=timesteps, class_labels=labels).sample[:, :4]
+        eps_null = model(noisy, timestep=timesteps, class_labels=torch.full_like(labels, dit.NULL_CLASS)).sample[:, :4]
+    expected = 9.0 * (eps_class - eps_null).pow(2).mean(dim=(1, 2, 3))
+    assert torch.allclose(losses.detach(), expected, rtol=1e-4, atol=1e-7) and losses.min() > 0
+
+
+def test_esd_runs_through_erase_dit(files, tmp_path):
+    run = tmp_path / "esd"
+    assert main([
+        "dit", "--model", str(files / "model"), "--forget-class", "3", "--steps", "2", "--batch-size", "2",
+        "--method", "esd", "--out", str(run), "--set", "data.generated_forget=2", "--set", "data.generated_remain=2",
+        "--set", "data.remain_classes=[0]", "--set", "data.inference_steps=2", "--set", "eval.forget_samples=1",
+        "--set", "eval.samples_per_class=1", "--set", "eval.inference_steps=2", "--set", "eval.classes=[3, 0]",
+    ]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["method"] == "esd" and metrics["mask_fraction"] == 1.0 and len(metrics["history"]) == 2
+    assert not (run / "mask.safetensors").exists()

@@ -9,7 +9,6 @@ import copy
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 from torch.utils.data import DataLoader, TensorDataset
@@ -17,6 +16,7 @@ from tqdm.auto import tqdm
 
 from erase.errors import UserError
 from erase.families.ddpm_pipeline import ClassConditionalDDPMPipeline
+from erase.families.diffusion import guided_away, noised_batch, per_sample_mse
 
 # Architecture presets. "cifar10" is the paper's CIFAR-10 model (DDPM, Ho et al.).
 PRESETS = {
@@ -66,20 +66,6 @@ def load_pipeline(path, device: str | torch.device = "cpu") -> ClassConditionalD
     return pipeline.to(device)
 
 
-def noised_batch(scheduler: DDPMScheduler, model, batch):
-    """(x_t, ε, t, labels) on the model's device: the batch's images noised at uniformly drawn timesteps."""
-    images, labels = batch
-    device = next(model.parameters()).device  # CPU batches follow a model on the GPU (Fisher, masks)
-    images, labels = images.to(device), labels.to(device)
-    noise = torch.randn_like(images)
-    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (images.shape[0],), device=device)
-    return scheduler.add_noise(images, noise, timesteps), noise, timesteps, labels
-
-
-def per_sample_mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
-
-
 def epsilon_loss(scheduler: DDPMScheduler, class_dropout: float = 0.0, null_class: int | None = None):
     """Per-sample ε-prediction MSE at a random timestep: the family's loss for the core.
 
@@ -126,7 +112,7 @@ def class_esd_loss(scheduler: DDPMScheduler, teacher: UNet2DModel, null_class: i
         with torch.no_grad():
             eps_null = teacher(noisy, timesteps, class_labels=torch.full_like(labels, null_class)).sample
             eps_class = teacher(noisy, timesteps, class_labels=labels).sample
-            target = eps_null - negative_guidance * (eps_class - eps_null)
+            target = guided_away(eps_null, eps_class, negative_guidance)
         return per_sample_mse(model(noisy, timesteps, class_labels=labels).sample, target)
 
     return loss_fn

@@ -14,11 +14,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler, DiTPipeline, DiTTransformer2DModel
 from tqdm.auto import tqdm
 
 from erase.errors import UserError
+from erase.families.diffusion import guided_away, noised_batch, per_sample_mse
 
 NULL_CLASS = 1000  # DiTPipeline's guidance label
 
@@ -146,18 +146,29 @@ def epsilon_loss(scheduler):
 
     batch = (latents already scaled by the VAE's scaling factor, class labels).
     """
-    num_timesteps = scheduler.config.num_train_timesteps
 
     def loss_fn(model, batch):
-        latents, labels = batch
-        device = next(model.parameters()).device
-        latents, labels = latents.to(device), labels.to(device)
-        noise = torch.randn_like(latents)
-        timesteps = torch.randint(0, num_timesteps, (latents.shape[0],), device=device)
-        noisy = scheduler.add_noise(latents, noise, timesteps)
-        output = model(noisy, timestep=timesteps, class_labels=labels).sample
-        eps = epsilon_part(output, latents.shape[1])
-        return F.mse_loss(eps.float(), noise.float(), reduction="none").mean(dim=(1, 2, 3))
+        noisy, noise, timesteps, labels = noised_batch(scheduler, model, batch)
+        eps = epsilon_part(model(noisy, timestep=timesteps, class_labels=labels).sample, noisy.shape[1])
+        return per_sample_mse(eps, noise)
+
+    return loss_fn
+
+
+def class_esd_loss(scheduler, teacher: DiTTransformer2DModel, negative_guidance: float = 1.0):
+    """ESD for DiT, per sample: ‖ε_θ(x_t, c_f) − [ε*(x_t, ∅) − η(ε*(x_t, c_f) − ε*(x_t, ∅))]‖² on the ε
+    channels, ε* a frozen copy of the original and ∅ DiTPipeline's null class."""
+
+    def loss_fn(model, batch):
+        noisy, _, timesteps, labels = noised_batch(scheduler, model, batch)
+        channels = noisy.shape[1]
+        with torch.no_grad():
+            null = torch.full_like(labels, NULL_CLASS)
+            eps_null = epsilon_part(teacher(noisy, timestep=timesteps, class_labels=null).sample, channels)
+            eps_class = epsilon_part(teacher(noisy, timestep=timesteps, class_labels=labels).sample, channels)
+            target = guided_away(eps_null, eps_class, negative_guidance)
+        eps = epsilon_part(model(noisy, timestep=timesteps, class_labels=labels).sample, channels)
+        return per_sample_mse(eps, target)
 
     return loss_fn
 

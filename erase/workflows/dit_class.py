@@ -13,6 +13,7 @@ inception_weights, fid_reference; [output] dir.
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from pathlib import Path
@@ -21,11 +22,12 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from erase.core.baselines import method_spec
+from erase.core.baselines import ESD
 from erase.core.io import (
     atomic_directory,
     atomic_save_tensors,
 )
+from erase.core.losses import descent_objective
 from erase.core.saliency import mask_stats
 from erase.core.sfron import unlearn
 from erase.errors import UserError
@@ -35,8 +37,10 @@ from erase.families import ddpm, dit
 from erase.workflows.ddpm_class import (
     build_mask,
     forget_objective,
+    negative_guidance,
     resolve_output,
     sfron_config,
+    user_method,
 )
 from erase.workflows.records import write_run_records
 
@@ -49,10 +53,7 @@ def run(recipe: dict, show_progress: bool = True) -> dict:
     started = time.perf_counter()
     recipe.setdefault("output", {}).setdefault("dir", "runs/dit-class")
     out_dir = resolve_output(recipe)
-    try:
-        spec = method_spec(recipe.get("method", {}).get("name", "sfron"))
-    except ValueError as error:
-        raise UserError(str(error)) from None
+    spec = user_method(recipe)
     config = sfron_config(recipe)
     torch.manual_seed(config.seed)
 
@@ -75,7 +76,11 @@ def run(recipe: dict, show_progress: bool = True) -> dict:
     try:
         mask = build_mask(spec.mask, recipe, transformer, loss_fn, forget_batches, remain_batches, config, out_dir)
         stats = mask_stats(mask) if mask is not None else None
-        objective = forget_objective(spec, loss_fn, config, forget_class, dit.NULL_CLASS)
+        if spec is ESD:  # the frozen copy is taken now: the original weights, label dropout off
+            teacher = copy.deepcopy(transformer).requires_grad_(False).eval()
+            objective = descent_objective(dit.class_esd_loss(pipeline.scheduler, teacher, negative_guidance(recipe)))
+        else:
+            objective = forget_objective(spec, loss_fn, config, forget_class, dit.NULL_CLASS)
         history = unlearn(transformer, objective, loss_fn, forget_batches, remain_batches, config, mask=mask,
                           show_progress=show_progress)
     finally:
