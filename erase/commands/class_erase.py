@@ -19,10 +19,11 @@ def add_model_arguments(parser: argparse.ArgumentParser, model_help: str, archit
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, recipe: str, steps_default: str, lr_help: str,
-                      out_help: str, methods: tuple[str, ...] = ("sfron", "ga", "rl", "salun", "ft")) -> None:
+                      out_help: str) -> None:
     """The loop, evaluation and output options (after the command's own model/data options)."""
     parser.add_argument("--steps", type=positive_int, default=None, help=f"SFR-on steps (default {steps_default})")
-    parser.add_argument("--method", default=None, choices=list(methods), help="default sfron")
+    parser.add_argument("--method", default=None, choices=["sfron", "ga", "rl", "salun", "esd", "ft"],
+                        help="default sfron")
     parser.add_argument("--lr", type=positive_float, default=None, help=lr_help)
     parser.add_argument("--gamma", type=positive_float, default=None, help="saliency threshold γ (default 1)")
     parser.add_argument("--batch-size", type=positive_int, default=None, help="batch size (default: the recipe's)")

@@ -25,8 +25,7 @@ def register(subparsers) -> None:
     parser.add_argument("--arch", default=None, help="torchvision architecture of a plain --classifier weights file")
     parser.add_argument("--fid-reference", default=None, help="real images for FID (default: --data)")
     add_run_arguments(parser, RECIPE, "50", "Adam learning rate (default 1e-4)",
-                      "run folder: model/, metrics.json, grids, loss plot",
-                      methods=("sfron", "ga", "rl", "salun", "esd", "ft"))
+                      "run folder: model/, metrics.json, grids, loss plot")
     parser.set_defaults(func=run_ddpm)
 
 

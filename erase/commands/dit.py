@@ -21,8 +21,7 @@ def register(subparsers) -> None:
     parser.add_argument("--arch", default=None, help="torchvision architecture of --classifier (e.g. resnet50)")
     parser.add_argument("--fid-reference", default=None, help="real images for FID: ImageNet-layout folder (val/ split)")
     add_run_arguments(parser, RECIPE, "the recipe's", "AdamW learning rate (default 1e-4)",
-                      "run folder: model/, metrics.json, grids, loss plot, latents",
-                      methods=("sfron", "ga", "rl", "salun", "esd", "ft"))
+                      "run folder: model/, metrics.json, grids, loss plot, latents")
     parser.set_defaults(func=run_dit)
 
 

@@ -29,7 +29,7 @@ METHODS = {
 
 
 # ESD (Gandikota et al., 2023) is not one of METHODS: its target needs a frozen copy of the model and an
-# unconditional prediction, which only the diffusion families have (SD, the class-conditional DDPM).
+# unconditional prediction, which only the diffusion families have (SD, the class-conditional DDPM, DiT).
 ESD = MethodSpec("esd", "descent", None, False, "ESD: negative-guidance target from a frozen copy, no mask")
 
 

@@ -1,4 +1,4 @@
-"""What the class-conditional diffusion families (DDPM, DiT) share: noising a batch, the per-sample MSE."""
+"""What the diffusion families (DDPM, DiT, SD) share: noising at random timesteps, the per-sample MSE, ESD's target."""
 
 from __future__ import annotations
 
@@ -6,14 +6,18 @@ import torch
 import torch.nn.functional as F
 
 
+def noised(scheduler, x: torch.Tensor):
+    """(x_t, ε, t): x noised at timesteps drawn uniformly, one per sample."""
+    noise = torch.randn_like(x)
+    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (x.shape[0],), device=x.device)
+    return scheduler.add_noise(x, noise, timesteps), noise, timesteps
+
+
 def noised_batch(scheduler, model: torch.nn.Module, batch):
-    """(x_t, ε, t, labels) on the model's device: the batch's images (or latents) noised at uniform timesteps."""
+    """(x_t, ε, t, labels) on the model's device for a class-conditional (images or latents, labels) batch."""
     images, labels = batch
     device = next(model.parameters()).device  # CPU batches follow a model on the GPU (Fisher, masks)
-    images, labels = images.to(device), labels.to(device)
-    noise = torch.randn_like(images)
-    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (images.shape[0],), device=device)
-    return scheduler.add_noise(images, noise, timesteps), noise, timesteps, labels
+    return (*noised(scheduler, images.to(device)), labels.to(device))
 
 
 def per_sample_mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

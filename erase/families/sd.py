@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from diffusers import DiffusionPipeline, StableDiffusionPipeline, UNet2DConditionModel
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -30,6 +29,7 @@ from tqdm.auto import tqdm
 from erase.core.io import atomic_directory
 from erase.data.prompts import PromptRow
 from erase.errors import UserError
+from erase.families.diffusion import guided_away, noised, per_sample_mse
 
 DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
 UNET_WEIGHTS = "diffusion_pytorch_model.safetensors"
@@ -170,27 +170,17 @@ def load_images(paths: list[Path], size: tuple[int, int] | None = None) -> torch
 # --------------------------------------------------------------------------- losses
 
 
-def _noisy(scheduler, latents: torch.Tensor):
-    noise = torch.randn_like(latents)
-    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device)
-    return scheduler.add_noise(latents, noise, timesteps), noise, timesteps
-
-
-def _per_sample_mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
-
-
 def epsilon_loss(scheduler):
     """Per-sample denoising loss on (latents, embeddings, ...): the SD training objective."""
 
     def loss_fn(model, batch):
         latents, embeddings = batch[0], batch[1]
-        noisy, noise, timesteps = _noisy(scheduler, latents)
+        noisy, noise, timesteps = noised(scheduler, latents)
         target = noise
         if scheduler.config.get("prediction_type", "epsilon") == "v_prediction":
             target = scheduler.get_velocity(latents, noise, timesteps)
         prediction = model(noisy, timesteps, encoder_hidden_states=embeddings).sample
-        return _per_sample_mse(prediction, target)
+        return per_sample_mse(prediction, target)
 
     return loss_fn
 
@@ -204,11 +194,11 @@ def mapping_loss(scheduler):
 
     def loss_fn(model, batch):
         latents, forget_embeddings, anchor_embeddings = batch
-        noisy, _, timesteps = _noisy(scheduler, latents)
+        noisy, _, timesteps = noised(scheduler, latents)
         with torch.no_grad():
             target = model(noisy, timesteps, encoder_hidden_states=anchor_embeddings).sample
         prediction = model(noisy, timesteps, encoder_hidden_states=forget_embeddings).sample
-        return _per_sample_mse(prediction, target)
+        return per_sample_mse(prediction, target)
 
     return loss_fn
 
@@ -222,14 +212,14 @@ def esd_loss(scheduler, teacher: UNet2DConditionModel, null_embedding: torch.Ten
 
     def loss_fn(model, batch):
         latents, forget_embeddings = batch[0], batch[1]
-        noisy, _, timesteps = _noisy(scheduler, latents)
+        noisy, _, timesteps = noised(scheduler, latents)
         null = null_embedding.to(forget_embeddings.device, forget_embeddings.dtype).expand_as(forget_embeddings)
         with torch.no_grad():
             eps_null = teacher(noisy, timesteps, encoder_hidden_states=null).sample
             eps_concept = teacher(noisy, timesteps, encoder_hidden_states=forget_embeddings).sample
-            target = eps_null - negative_guidance * (eps_concept - eps_null)
+            target = guided_away(eps_null, eps_concept, negative_guidance)
         prediction = model(noisy, timesteps, encoder_hidden_states=forget_embeddings).sample
-        return _per_sample_mse(prediction, target)
+        return per_sample_mse(prediction, target)
 
     return loss_fn
 

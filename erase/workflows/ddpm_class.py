@@ -92,7 +92,7 @@ def resolve_output(recipe: dict) -> Path:
 
 
 def user_method(recipe: dict):
-    """The recipe's method: one of the shared METHODS, or ESD (this family has the null class it needs)."""
+    """The recipe's method: one of the shared METHODS, or ESD (DDPM and DiT have the null class it needs)."""
     name = recipe.get("method", {}).get("name", "sfron")
     if name == "esd":
         negative_guidance(recipe)  # a bad value stops the run before anything is computed
