@@ -13,9 +13,13 @@ changes from class to class. Split/class i runs with unlearning-loop seeds (batc
 random labels) OFFSET + i + 100·r for r < REPEATS. The original/retrained models are always trained
 with the recipe's [train] seed.
 
-    python bench/classifier_methods.py --jobs 2 --seeds 10 --first-split 3 --seed-offset 1000 --repeats 3  # the table
+    python bench/classifier_methods.py --tasks random --seeds 30 --first-split 3 --seed-offset 1000 --repeats 3 \
+        --retrain-seeds 1                                                           # the tables
+    python bench/classifier_methods.py --tasks class --seed-offset 1000 --repeats 3 --retrain-seeds 1
     python bench/classifier_methods.py --tune --jobs 2 --tasks random --repeats 2  # the grid behind the recipes'
     python bench/classifier_methods.py --tune --jobs 2 --tasks class               #   settings (random / class)
+    python bench/classifier_methods.py --tune --tasks random --repeats 2 --methods ga --grid lr=0.003,0.01 ...
+                                          # extend the grid past an edge a pick sits on (the --tune table names them)
 
 The table runs on unlearning-loop seeds (--seed-offset) and random splits (--first-split) the tune
 never saw: picking the best of up to 72 cells on the same runs it is then reported on flatters the
@@ -52,7 +56,7 @@ from erase.core.baselines import METHODS  # noqa: E402
 from erase.eval.unlearning import METRICS, gaps  # noqa: E402
 from erase.families.classifier import save_classifier  # noqa: E402
 from erase.recipes import PIPELINES_DIR, apply_overrides, load_recipe  # noqa: E402
-from erase.workflows.classifier import method_config, prepare, run_method  # noqa: E402
+from erase.workflows.classifier import evaluate, method_config, prepare, run_method  # noqa: E402
 
 ORDER = ("ft", "ga", "rl", "salun", "sfron")
 NAMES = {"ft": "FT", "ga": "GA", "rl": "RL", "salun": "SalUn", "sfron": "SFR-on"}
@@ -95,18 +99,28 @@ def main() -> int:
     parser.add_argument("--paper-defaults", action="store_true",
                         help="every method at the paper's classifier setting (PAPER_DEFAULTS, SalUn mask 0.5) "
                              "instead of its tuned one")
+    parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                        help="--tune: replace one dimension of the grid (a GRID key, gamma or salun_fraction), e.g. "
+                             "to extend it past an edge the best setting sits on (repeatable)")
+    parser.add_argument("--retrain-seeds", type=int, default=0, metavar="N",
+                        help="also retrain each split/class with N other training seeds and score those models "
+                             "against the reference: how near retraining itself lands (the floor of the gap)")
     parser.add_argument("--json", type=Path, default=None, help="also write every result here")
     args = parser.parse_args()
+    try:
+        grid = parse_grid(args.grid)
+    except ValueError as error:
+        parser.error(str(error))
 
     started = time.perf_counter()
     methods = [m for m in ORDER if m in args.methods]
     # --tune with --jobs > 1: one work item per (task, method), the longest grids first, so processes stay busy.
     split = args.jobs > 1 and args.tune
-    groups = [[m] for m in sorted(methods, key=grid_size, reverse=True)] if split else [methods]
+    groups = [[m] for m in sorted(methods, key=lambda m: grid_size(m, grid), reverse=True)] if split else [methods]
     loop_seeds = (args.seed_offset, args.repeats)
     splits = tuple(range(args.first_split, args.first_split + args.seeds))
     work = [(task, args.steps, splits, tuple(args.classes), args.tune, args.threads, tuple(group), loop_seeds,
-             (paper_overrides() if args.paper_defaults else ()) + tuple(args.overrides))
+             (paper_overrides() if args.paper_defaults else ()) + tuple(args.overrides), grid, args.retrain_seeds)
             for task in args.tasks for group in groups]
     if args.jobs > 1:
         with ProcessPoolExecutor(max_workers=args.jobs) as pool:
@@ -128,21 +142,59 @@ def main() -> int:
     return 0
 
 
+def parse_grid(items) -> tuple:
+    """--grid KEY=V1,V2 items as ((key, (values...)), ...): numbers where they parse, else strings."""
+    knobs = {name for name, _ in KNOBS.values()}
+    grid = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        if not sep or not values or (key not in GRID and key not in knobs):
+            raise ValueError(f"--grid wants KEY=V1,V2,... with KEY one of {', '.join([*GRID, *sorted(knobs)])}: {item!r}")
+        grid[key] = tuple(_number_or_text(v) for v in values.split(","))
+    return tuple(grid.items())
+
+
+def _number_or_text(value: str):
+    try:
+        return float(value)
+    except ValueError:
+        return value
+
+
+def grid_for(method: str, replaced: tuple = ()) -> dict:
+    """The --tune grid of one method: GRID (FT: lr × lr_schedule), its knob, then --grid's replacements."""
+    grid = {k: GRID[k] for k in FT_GRID} if METHODS[method].forget is None else dict(GRID)
+    if method in KNOBS:
+        name, values = KNOBS[method]
+        grid[name] = values
+    grid.update((k, v) for k, v in replaced if k in grid)
+    return grid
+
+
+def edges(grid: dict, setting: dict) -> list[str]:
+    """The numeric dimensions in which `setting` sits on the grid's edge ("lr lowest"): extend the grid there."""
+    found = []
+    for key, values in grid.items():
+        numbers = [v for v in values if not isinstance(v, str)]
+        if len(numbers) > 1 and setting.get(key) in (min(numbers), max(numbers)):
+            found.append(f"{key} {'lowest' if setting[key] == min(numbers) else 'highest'}")
+    return found
+
+
 def paper_overrides() -> tuple[str, ...]:
     """--set overrides that put every method at PAPER_DEFAULTS (the recipes' per-method picks removed)."""
     values = [f"sfron.{k}={json.dumps(v)}" for k, v in PAPER_DEFAULTS.items()]
     return (*values, "fisher.salun_fraction=0.5", "per_method={}")
 
 
-def grid_size(method: str) -> int:
+def grid_size(method: str, replaced: tuple = ()) -> int:
     """Cells `--tune` runs for this method (to start the longest first)."""
-    keys = FT_GRID if METHODS[method].forget is None else tuple(GRID)
-    knob = len(KNOBS[method][1]) if method in KNOBS else 1
-    return math.prod(len(GRID[k]) for k in keys) * knob
+    return math.prod(len(values) for values in grid_for(method, replaced).values())
 
 
 def run_task(item) -> dict:
-    task, steps, splits, classes, tuned, threads, methods, loop_seeds, overrides = item
+    task, steps, splits, classes, tuned, threads, methods, loop_seeds, overrides, *rest = item
+    grid, retrain_seeds = rest if rest else ((), 0)
     torch.set_num_threads(threads)
     recipe = apply_overrides(load_recipe(PIPELINES_DIR / f"classifier-digits-{task}.toml"), list(overrides))
     recipe.setdefault("eval", {})["retrain"] = True
@@ -158,12 +210,22 @@ def run_task(item) -> dict:
             variant_config = variant_recipe(recipe, task, variant)
             variant_config["model"]["path"] = str(original)
             setups.append(prepare(variant_config, show_progress=False))
+        other_retrains = [[other_retrain(recipe, task, variant, original, seed, setup)
+                           for seed in range(1, retrain_seeds + 1)] for variant, setup in zip(variants, setups)]
     setup_seconds = time.perf_counter() - started
-    rows = tune(setups, recipe, methods, loop_seeds) if tuned else compare(setups, recipe, methods, loop_seeds)
-    summary = [{"original": s.original_metrics, "retrained": s.retrained_metrics, "forget_size": len(s.forget_indices)}
-               for s in setups]
+    rows = tune(setups, recipe, methods, loop_seeds, grid) if tuned else compare(setups, recipe, methods, loop_seeds)
+    summary = [{"original": s.original_metrics, "retrained": s.retrained_metrics, "forget_size": len(s.forget_indices),
+                "retrained_other_seeds": others} for s, others in zip(setups, other_retrains)]
     return {"recipe": recipe, "variants": list(variants), "setup_seconds": setup_seconds, "rows": rows,
-            "setups": summary, "loop_seeds": list(loop_seeds), "overrides": list(overrides)}
+            "setups": summary, "loop_seeds": list(loop_seeds), "overrides": list(overrides), "grid": [list(g) for g in grid]}
+
+
+def other_retrain(recipe: dict, task: str, variant: int, original: Path, seed: int, reference) -> dict:
+    """UA/RA/TA/MIA of a model retrained on the same remain set with another training seed, on `reference`'s splits."""
+    config = variant_recipe(recipe, task, variant)
+    config["model"]["path"] = str(original)
+    config["train"]["seed"] = seed
+    return evaluate(prepare(config, show_progress=False).retrained, reference)
 
 
 def variant_recipe(recipe: dict, task: str, variant: int) -> dict:
@@ -213,14 +275,11 @@ def compare(setups, recipe, methods=ORDER, loop_seeds=(0, 1)) -> list[dict]:
     return rows
 
 
-def tune(setups, recipe, methods=ORDER, loop_seeds=(0, 1)) -> list[dict]:
+def tune(setups, recipe, methods=ORDER, loop_seeds=(0, 1), replaced: tuple = ()) -> list[dict]:
     """Every method over the same grid (+ its own knob, if any); the best setting per method first."""
     rows = []
     for method in (m for m in ORDER if m in methods):
-        grid = {k: GRID[k] for k in FT_GRID} if METHODS[method].forget is None else dict(GRID)
-        if method in KNOBS:
-            name, values = KNOBS[method]
-            grid[name] = values
+        grid = grid_for(method, replaced)
         trials = []
         for values in itertools.product(*grid.values()):
             setting = dict(zip(grid, values))
@@ -263,6 +322,12 @@ def markdown(task, result, tuned) -> str:
         mean = {k: statistics.fmean(s[key][k] for s in setups) for k in METRICS}
         lines.append(f"| {name} | - | {fmt(mean)} | {100 * statistics.fmean(seed_gaps):.2f} | "
                      f"{per_seed(seed_gaps)} | - |")
+    others = [s.get("retrained_other_seeds") or [] for s in setups]
+    if all(others):
+        seed_gaps = [statistics.fmean(gaps(m, s["retrained"])[1] for m in models) for s, models in zip(setups, others)]
+        mean = {k: statistics.fmean(m[k] for models in others for m in models) for k in METRICS}
+        lines.append(f"| Retrain, {len(others[0])} other training seed(s) | - | {fmt(mean)} | "
+                     f"{100 * statistics.fmean(seed_gaps):.2f} | {per_seed(seed_gaps)} | - |")
     best = {}
     for row in rows:
         if tuned and row["method"] in best:
@@ -272,12 +337,15 @@ def markdown(task, result, tuned) -> str:
                      f"{per_seed(r['avg_gap'] for r in row['runs'])} | {row['seconds']:.1f} |")
     if tuned:
         lines += ["", "How much the setting matters (avg gap over the grid's cells; a user without a retrained model",
-                  "to tune against gets something between the best and the worst):", "",
-                  "| method | cells | best | median | worst |", "|---|---|---|---|---|"]
+                  "to tune against gets something between the best and the worst), and where the best cell sits",
+                  "on the grid's edge (extend the grid there with --grid):", "",
+                  "| method | cells | best | median | worst | best on the edge |", "|---|---|---|---|---|---|"]
+        replaced = tuple(tuple(g) for g in result.get("grid", ()))
         for method in best:
             cells = [100 * r["avg_gap"] for r in rows if r["method"] == method]
+            edge = ", ".join(edges(grid_for(method, replaced), best[method]["config"])) or "-"
             lines.append(f"| {NAMES[method]} | {len(cells)} | {min(cells):.2f} | {statistics.median(cells):.2f} | "
-                         f"{max(cells):.2f} |")
+                         f"{max(cells):.2f} | {edge} |")
         lines += ["", f"All trials (mean avg gap over {runs}):"]
         lines += [f"- {NAMES[r['method']]} {describe(r['config'])}: {100 * r['avg_gap']:.2f}" for r in rows]
     lines.append(f"\n(original and retrained models trained in {result['setup_seconds']:.0f} s)")

@@ -42,3 +42,33 @@ def test_paper_defaults_put_every_method_on_the_same_setting():
         config = classifier_methods.method_config(recipe, method)
         assert {k: getattr(config, k) for k in classifier_methods.PAPER_DEFAULTS} == classifier_methods.PAPER_DEFAULTS
     assert recipe["fisher"]["salun_fraction"] == 0.5
+
+
+def test_grid_replacements_and_edges():
+    grid = classifier_methods.parse_grid(["lr=0.003,0.01", "lr_schedule=constant", "gamma=1"])
+    sfron = classifier_methods.grid_for("sfron", grid)
+    assert sfron["lr"] == (0.003, 0.01) and sfron["lr_schedule"] == ("constant",) and sfron["gamma"] == (1.0,)
+    assert sfron["forget_alpha"] == classifier_methods.GRID["forget_alpha"]
+    assert "gamma" not in classifier_methods.grid_for("ga", grid)  # another method's knob is not its business
+    assert classifier_methods.grid_size("ft", grid) == 2
+    best = {"lr": 0.01, "lr_schedule": "constant", "forget_alpha": 25.0, "grad_clip": 1.0, "gamma": 1.0}
+    assert classifier_methods.edges(sfron, best) == ["lr highest", "grad_clip lowest"]
+    for bad in (["lr"], ["lr="], ["bogus=1,2"]):
+        try:
+            classifier_methods.parse_grid(bad)
+        except ValueError as error:
+            assert "KEY=V1,V2" in str(error)
+        else:
+            raise AssertionError(f"{bad} was accepted")
+
+
+def test_retraining_with_other_seeds_gives_the_floor_of_the_gap():
+    item = ("random", 2, (5,), (), False, 1, ("ft",), (0, 1), ("train.steps=30",), (), 1)
+    result = classifier_methods.run_task(item)
+    (setup,) = result["setups"]
+    (other,) = setup["retrained_other_seeds"]
+    assert other != setup["retrained"]  # another training seed lands elsewhere
+    line = next(l for l in classifier_methods.markdown("random", result, tuned=False).splitlines()
+                if l.startswith("| Retrain, 1 other training seed"))
+    gap = 100 * classifier_methods.gaps(other, setup["retrained"])[1]
+    assert f"| {gap:.2f} |" in line
