@@ -348,8 +348,27 @@ def markdown(task, result, tuned) -> str:
                          f"{max(cells):.2f} | {edge} |")
         lines += ["", f"All trials (mean avg gap over {runs}):"]
         lines += [f"- {NAMES[r['method']]} {describe(r['config'])}: {100 * r['avg_gap']:.2f}" for r in rows]
+    if not tuned:
+        lines += paired_differences(best, unit)
     lines.append(f"\n(original and retrained models trained in {result['setup_seconds']:.0f} s)")
     return "\n".join(lines)
+
+
+def paired_differences(rows: dict, unit: str) -> list[str]:
+    """SFR-on's avg gap minus each other method's, paired by split/class: mean ± standard error, and who is nearer."""
+    if "sfron" not in rows or len(rows["sfron"]["runs"]) < 2:
+        return []
+    ours = [r["avg_gap"] for r in rows["sfron"]["runs"]]
+    lines = ["", f"Paired by {unit} (avg gap, SFR-on − method; negative: SFR-on nearer the retrained model):"]
+    for method, row in rows.items():
+        if method == "sfron":
+            continue
+        diffs = [100 * (a - b["avg_gap"]) for a, b in zip(ours, row["runs"])]
+        error = statistics.stdev(diffs) / math.sqrt(len(diffs))
+        nearer, farther = sum(d < 0 for d in diffs), sum(d > 0 for d in diffs)
+        lines.append(f"- SFR-on − {NAMES[method]}: {statistics.fmean(diffs):+.2f} ± {error:.2f}; SFR-on nearer on "
+                     f"{nearer}, {NAMES[method]} on {farther} of {len(diffs)} {unit}{'es' if unit == 'class' else 's'}")
+    return lines
 
 
 def per_seed(values) -> str:

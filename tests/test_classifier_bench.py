@@ -72,3 +72,18 @@ def test_retraining_with_other_seeds_gives_the_floor_of_the_gap():
                 if l.startswith("| Retrain, 1 other training seed"))
     gap = 100 * classifier_methods.gaps(other, setup["retrained"])[1]
     assert f"| {gap:.2f} |" in line
+
+
+def test_the_table_pairs_sfron_with_each_method_by_split():
+    def row(method, gaps_):
+        return {"method": method, "avg_gap": sum(gaps_) / len(gaps_), "config": {"lr": 0.01}, "ua": 0, "ra": 1,
+                "ta": 1, "mia": 0, "runs": [{"avg_gap": g} for g in gaps_], "seconds": 1.0}
+
+    setup = {"original": {"ua": 0, "ra": 1, "ta": 1, "mia": 0}, "retrained": {"ua": 0, "ra": 1, "ta": 1, "mia": 0},
+             "forget_size": 144}
+    rows = [row("ga", [0.010, 0.020, 0.030]), row("sfron", [0.012, 0.016, 0.026])]
+    result = {"recipe": {"sfron": {"steps": 5}, "forget": {"fraction": 0.1}}, "setups": [setup] * 3, "rows": rows,
+              "variants": [3, 4, 5], "loop_seeds": [0, 1], "setup_seconds": 1.0}
+    text = classifier_methods.markdown("random", result, tuned=False)
+    # differences +0.2, -0.4, -0.4 points: mean -0.20, standard deviation 0.35, standard error 0.35 / sqrt(3) = 0.20
+    assert "- SFR-on − GA: -0.20 ± 0.20; SFR-on nearer on 2, GA on 1 of 3 splits" in text
