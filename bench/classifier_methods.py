@@ -56,7 +56,7 @@ from erase.core.baselines import METHODS  # noqa: E402
 from erase.eval.unlearning import METRICS, gaps  # noqa: E402
 from erase.families.classifier import save_classifier  # noqa: E402
 from erase.recipes import PIPELINES_DIR, apply_overrides, load_recipe  # noqa: E402
-from erase.workflows.classifier import evaluate, method_config, prepare, run_method  # noqa: E402
+from erase.workflows.classifier import method_config, prepare, run_method  # noqa: E402
 
 ORDER = ("ft", "ga", "rl", "salun", "sfron")
 NAMES = {"ft": "FT", "ga": "GA", "rl": "RL", "salun": "SalUn", "sfron": "SFR-on"}
@@ -210,8 +210,8 @@ def run_task(item) -> dict:
             variant_config = variant_recipe(recipe, task, variant)
             variant_config["model"]["path"] = str(original)
             setups.append(prepare(variant_config, show_progress=False))
-        other_retrains = [[other_retrain(recipe, task, variant, original, seed, setup)
-                           for seed in range(1, retrain_seeds + 1)] for variant, setup in zip(variants, setups)]
+        other_retrains = [[other_retrain(recipe, task, variant, original, seed) for seed in range(1, retrain_seeds + 1)]
+                          for variant in variants]
     setup_seconds = time.perf_counter() - started
     rows = tune(setups, recipe, methods, loop_seeds, grid) if tuned else compare(setups, recipe, methods, loop_seeds)
     summary = [{"original": s.original_metrics, "retrained": s.retrained_metrics, "forget_size": len(s.forget_indices),
@@ -220,12 +220,14 @@ def run_task(item) -> dict:
             "setups": summary, "loop_seeds": list(loop_seeds), "overrides": list(overrides), "grid": [list(g) for g in grid]}
 
 
-def other_retrain(recipe: dict, task: str, variant: int, original: Path, seed: int, reference) -> dict:
-    """UA/RA/TA/MIA of a model retrained on the same remain set with another training seed, on `reference`'s splits."""
+def other_retrain(recipe: dict, task: str, variant: int, original: Path, seed: int) -> dict:
+    """UA/RA/TA/MIA of a model retrained on the same remain set with another training seed.
+
+    The splits depend on the forget seed/class only, so its setup's metrics are on the reference's splits."""
     config = variant_recipe(recipe, task, variant)
     config["model"]["path"] = str(original)
     config["train"]["seed"] = seed
-    return evaluate(prepare(config, show_progress=False).retrained, reference)
+    return prepare(config, show_progress=False).retrained_metrics
 
 
 def variant_recipe(recipe: dict, task: str, variant: int) -> dict:
