@@ -92,7 +92,8 @@ def main() -> int:
     parser.add_argument("--tune", action="store_true", help="every method over the shared grid (see GRID, KNOBS)")
     parser.add_argument("--methods", nargs="+", choices=ORDER, default=list(ORDER),
                         help="methods to run (all by default; e.g. re-tune one whose code path changed)")
-    parser.add_argument("--jobs", type=int, default=1, help="run the tasks in this many processes (1 thread each)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="run the tasks and methods in this many processes (1 thread each)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a recipe value for both tasks (e.g. sfron.temperature=0.25; repeatable)")
@@ -114,14 +115,16 @@ def main() -> int:
 
     started = time.perf_counter()
     methods = [m for m in ORDER if m in args.methods]
-    # --tune with --jobs > 1: one work item per (task, method), the longest grids first, so processes stay busy.
-    split = args.jobs > 1 and args.tune
+    # --jobs > 1: one work item per (task, method), the longest grids first, so processes stay busy (each
+    # item trains its own original and retrained models; only the first retrains with other seeds).
+    split = args.jobs > 1
     groups = [[m] for m in sorted(methods, key=lambda m: grid_size(m, grid), reverse=True)] if split else [methods]
     loop_seeds = (args.seed_offset, args.repeats)
     splits = tuple(range(args.first_split, args.first_split + args.seeds))
     work = [(task, args.steps, splits, tuple(args.classes), args.tune, args.threads, tuple(group), loop_seeds,
-             (paper_overrides() if args.paper_defaults else ()) + tuple(args.overrides), grid, args.retrain_seeds)
-            for task in args.tasks for group in groups]
+             (paper_overrides() if args.paper_defaults else ()) + tuple(args.overrides), grid,
+             args.retrain_seeds if index == 0 else 0)
+            for task in args.tasks for index, group in enumerate(groups)]
     if args.jobs > 1:
         with ProcessPoolExecutor(max_workers=args.jobs) as pool:
             outcomes = list(pool.map(run_task, work))
