@@ -115,16 +115,7 @@ def main() -> int:
 
     started = time.perf_counter()
     methods = [m for m in ORDER if m in args.methods]
-    # --jobs > 1: one work item per (task, method), the longest grids first, so processes stay busy (each
-    # item trains its own original and retrained models; only the first retrains with other seeds).
-    split = args.jobs > 1
-    groups = [[m] for m in sorted(methods, key=lambda m: grid_size(m, grid), reverse=True)] if split else [methods]
-    loop_seeds = (args.seed_offset, args.repeats)
-    splits = tuple(range(args.first_split, args.first_split + args.seeds))
-    work = [(task, args.steps, splits, tuple(args.classes), args.tune, args.threads, tuple(group), loop_seeds,
-             (paper_overrides() if args.paper_defaults else ()) + tuple(args.overrides), grid,
-             args.retrain_seeds if index == 0 else 0)
-            for task in args.tasks for index, group in enumerate(groups)]
+    work = work_items(args, methods, grid)
     if args.jobs > 1:
         with ProcessPoolExecutor(max_workers=args.jobs) as pool:
             outcomes = list(pool.map(run_task, work))
@@ -143,6 +134,20 @@ def main() -> int:
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=float) + "\n")
     return 0
+
+
+def work_items(args, methods: list[str], grid: tuple) -> list[tuple]:
+    """run_task's items: one per task or, with --jobs > 1, one per (task, method), the longest grids first
+    so processes stay busy. Each item trains its own original and retrained models; only a task's first
+    item retrains with other seeds."""
+    split = args.jobs > 1
+    groups = [[m] for m in sorted(methods, key=lambda m: grid_size(m, grid), reverse=True)] if split else [methods]
+    loop_seeds = (args.seed_offset, args.repeats)
+    splits = tuple(range(args.first_split, args.first_split + args.seeds))
+    overrides = (paper_overrides() if args.paper_defaults else ()) + tuple(args.overrides)
+    return [(task, args.steps, splits, tuple(args.classes), args.tune, args.threads, tuple(group), loop_seeds,
+             overrides, grid, args.retrain_seeds if index == 0 else 0)
+            for task in args.tasks for index, group in enumerate(groups)]
 
 
 def parse_grid(items) -> tuple:

@@ -87,3 +87,17 @@ def test_the_table_pairs_sfron_with_each_method_by_split():
     text = classifier_methods.markdown("random", result, tuned=False)
     # differences +0.2, -0.4, -0.4 points: mean -0.20, standard deviation 0.35, standard error 0.35 / sqrt(3) = 0.20
     assert "- SFR-on − GA: -0.20 ± 0.20; SFR-on nearer on 2, GA on 1 of 3 splits" in text
+
+
+def test_jobs_split_a_comparison_by_method_and_retrain_other_seeds_once():
+    from argparse import Namespace
+
+    args = Namespace(jobs=2, seed_offset=1000, repeats=3, first_split=43, seeds=2, paper_defaults=False, overrides=[],
+                     tasks=["random"], steps=None, classes=[0], tune=False, threads=1, retrain_seeds=1)
+    items = classifier_methods.work_items(args, ["ga", "sfron"], ())
+    assert sorted(item[6] for item in items) == [("ga",), ("sfron",)]
+    assert [item[-1] for item in items] == [1, 0]  # the floor is computed by the first item only
+    assert all(item[2] == (43, 44) and item[7] == (1000, 3) for item in items)
+    args.jobs = 1
+    (item,) = classifier_methods.work_items(args, ["ga", "sfron"], ())
+    assert item[6] == ("ga", "sfron") and item[-1] == 1
