@@ -16,6 +16,8 @@ with the recipe's [train] seed.
     python bench/classifier_methods.py --tasks random --seeds 30 --first-split 3 --seed-offset 1000 --repeats 3 \
         --retrain-seeds 1                                                           # the tables
     python bench/classifier_methods.py --tasks class --seed-offset 1000 --repeats 3 --retrain-seeds 1
+    python bench/classifier_methods.py ... --methods ga --json a.json; ... --methods sfron --json b.json
+    python bench/classifier_methods.py --merge a.json b.json                    # one table from both
     python bench/classifier_methods.py --tune --jobs 2 --tasks random --repeats 2  # the grid behind the recipes'
     python bench/classifier_methods.py --tune --jobs 2 --tasks class               #   settings (random / class)
     python bench/classifier_methods.py --tune --tasks random --repeats 2 --methods ga --grid lr=0.003,0.01 ...
@@ -107,11 +109,22 @@ def main() -> int:
                         help="also retrain each split/class with N other training seeds and score those models "
                              "against the reference: how near retraining itself lands (the floor of the gap)")
     parser.add_argument("--json", type=Path, default=None, help="also write every result here")
+    parser.add_argument("--merge", type=Path, nargs="+", default=None, metavar="JSON",
+                        help="run nothing: print the tables of earlier --json results as one (methods run by separate "
+                             "commands on the same splits/classes and loop seeds)")
     args = parser.parse_args()
     try:
         grid = parse_grid(args.grid)
     except ValueError as error:
         parser.error(str(error))
+    if args.merge:
+        try:
+            merged = merge_results([json.loads(path.read_text()) for path in args.merge])
+        except (OSError, ValueError) as error:
+            parser.error(f"--merge: {error}")
+        for task, result in merged.items():
+            print(markdown(task, result, tuned=False), flush=True)
+        return 0
 
     started = time.perf_counter()
     methods = [m for m in ORDER if m in args.methods]
@@ -134,6 +147,40 @@ def main() -> int:
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=float) + "\n")
     return 0
+
+
+def merge_results(parts: list[dict]) -> dict:
+    """Several --json results of the same comparison (same task, splits/classes, loop seeds, settings)
+    with different methods, as one result per task: the rows side by side, paired split by split."""
+    merged = {}
+    for task in parts[0]:
+        results = [part[task] for part in parts if task in part]
+        first = results[0]
+        for other in results[1:]:
+            for key in ("variants", "loop_seeds", "overrides"):
+                if other.get(key) != first.get(key):
+                    raise ValueError(f"{task}: the results differ in {key} ({brief(first.get(key))} vs "
+                                     f"{brief(other.get(key))})")
+            if other["recipe"]["sfron"]["steps"] != first["recipe"]["sfron"]["steps"]:
+                raise ValueError(f"{task}: the results differ in the step budget")
+            if [s["retrained"] for s in other["setups"]] != [s["retrained"] for s in first["setups"]]:
+                raise ValueError(f"{task}: the results were compared with different retrained models")
+        methods = [row["method"] for result in results for row in result["rows"]]
+        if len(set(methods)) < len(methods):
+            raise ValueError(f"{task}: a method appears in more than one result (or a --tune result was given)")
+        # The setups of the result that retrained with other seeds, if any: they carry the floor of the gap.
+        floor = next((r for r in results if all(s.get("retrained_other_seeds") for s in r["setups"])), first)
+        rows = sorted((row for result in results for row in result["rows"]), key=lambda row: ORDER.index(row["method"]))
+        merged[task] = {**first, "setups": floor["setups"], "rows": rows,
+                        "setup_seconds": max(r["setup_seconds"] for r in results)}
+    return merged
+
+
+def brief(values) -> str:
+    """A long list as its ends and length (for error messages)."""
+    if isinstance(values, list) and len(values) > 6:
+        return f"[{values[0]}, ..., {values[-1]}] ({len(values)})"
+    return str(values)
 
 
 def work_items(args, methods: list[str], grid: tuple) -> list[tuple]:
@@ -382,7 +429,11 @@ def paired_differences(rows: dict, unit: str) -> list[str]:
 
 
 def per_seed(values) -> str:
-    return " / ".join(f"{100 * v:.2f}" for v in values)
+    """Each split's/class's gap; past 30 of them, their median and range (a column of 100 numbers reads as noise)."""
+    values = [100 * v for v in values]
+    if len(values) > 30:
+        return f"median {statistics.median(values):.2f}, {min(values):.2f}–{max(values):.2f}"
+    return " / ".join(f"{v:.2f}" for v in values)
 
 
 def describe(setting: dict) -> str:

@@ -101,3 +101,32 @@ def test_jobs_split_a_comparison_by_method_and_retrain_other_seeds_once():
     args.jobs = 1
     (item,) = classifier_methods.work_items(args, ["ga", "sfron"], ())
     assert item[6] == ("ga", "sfron") and item[-1] == 1
+
+
+def test_merge_puts_methods_from_separate_runs_in_one_paired_table():
+    setup = {"original": {"ua": 0, "ra": 1, "ta": 1, "mia": 0}, "retrained": {"ua": 0, "ra": 1, "ta": 1, "mia": 0},
+             "forget_size": 144}
+
+    def result(method, gaps_, floor=False):
+        row = {"method": method, "avg_gap": sum(gaps_) / len(gaps_), "config": {"lr": 0.01}, "ua": 0, "ra": 1,
+               "ta": 1, "mia": 0, "runs": [{"avg_gap": g} for g in gaps_], "seconds": 1.0}
+        setups = [{**setup, "retrained_other_seeds": [setup["retrained"]] if floor else []}] * 3
+        return {"random": {"recipe": {"sfron": {"steps": 5}, "forget": {"fraction": 0.1}}, "setups": setups,
+                           "rows": [row], "variants": [3, 4, 5], "loop_seeds": [1000, 3], "overrides": [],
+                           "setup_seconds": 1.0}}
+
+    merged = classifier_methods.merge_results([result("sfron", [0.012, 0.016, 0.026]),
+                                               result("ga", [0.010, 0.020, 0.030], floor=True)])
+    assert [row["method"] for row in merged["random"]["rows"]] == ["ga", "sfron"]
+    text = classifier_methods.markdown("random", merged["random"], tuned=False)
+    assert "- SFR-on − GA: -0.20 ± 0.20; SFR-on nearer on 2, GA on 1 of 3 splits" in text
+    assert "| Retrain, 1 other training seed(s) | - |" in text  # the floor comes from whichever run has it
+    other = result("ga", [0.01, 0.02, 0.03])
+    other["random"]["variants"] = [4, 5, 6]
+    for bad in ([result("sfron", [0.01] * 3), other], [result("ga", [0.01] * 3), result("ga", [0.02] * 3)]):
+        try:
+            classifier_methods.merge_results(bad)
+        except ValueError as error:
+            assert "random:" in str(error)
+        else:
+            raise AssertionError("merged results of different comparisons")
