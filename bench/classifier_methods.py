@@ -6,7 +6,8 @@ class}.toml, [sfron] + [per_method.NAME], [fisher] salun_fraction), and prints a
 setting: UA, RA, TA, MIA (percent) and the average gap to the retrained model, each a MEAN over runs.
 
 Random subset: --seeds forget splits from --first-split (split seed s), each with its own retrained
-model; the grid is tuned on splits 0-2 and the table reported on splits 3-12. One class: every class
+model; the grid is tuned on splits 0-2 and the tables reported on splits 3-32 and, as a replication
+decided before it ran, 43-142 (BENCHMARKS.md has both commands). One class: every class
 in turn (0-9 by default), each with its own retrained model. A single class decides nothing on
 digits: the gaps are one or two test images, and which method lands nearest the retrained model
 changes from class to class. Split/class i runs with unlearning-loop seeds (batch order, RL/SalUn's
