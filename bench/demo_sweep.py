@@ -86,7 +86,7 @@ def main() -> None:
                "after_per_class": after["per_class_accuracy"]}
         rows.append(row)
         print(f"digit {k}: mask {kept:.1%}  FA {after['fa']:.2f}  remaining {before['remaining_accuracy']:.3f} → "
-              f"{after['remaining_accuracy']:.3f} (−{drop * 100:.1f} pt)  {'ok' if ok else '--'}  erase {erase_seconds:.0f} s",
+              f"{after['remaining_accuracy']:.3f} ({-drop * 100:+.1f} pt)  {'ok' if ok else '--'}  erase {erase_seconds:.0f} s",
               flush=True)
         with open(out / "results.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
