@@ -108,7 +108,7 @@ def main() -> int:
                              "to extend it past an edge the best setting sits on (repeatable)")
     parser.add_argument("--retrain-seeds", type=int, default=0, metavar="N",
                         help="also retrain each split/class with N other training seeds and score those models "
-                             "against the reference: how near retraining itself lands (the floor of the gap)")
+                             "against the reference: how near an independent retrain lands (a scale for the gap)")
     parser.add_argument("--json", type=Path, default=None, help="also write every result here")
     parser.add_argument("--merge", type=Path, nargs="+", default=None, metavar="JSON",
                         help="run nothing: print the tables of earlier --json results as one (methods run by separate "
@@ -135,13 +135,9 @@ def main() -> int:
             outcomes = list(pool.map(run_task, work))
     else:
         outcomes = [run_task(item) for item in work]
-    results = {}
-    for task in args.tasks:
-        parts = [outcome for item, outcome in zip(work, outcomes) if item[0] == task]
-        rows = sorted((row for part in parts for row in part["rows"]), key=lambda row: ORDER.index(row["method"]))
-        result = {**parts[0], "rows": rows, "setup_seconds": max(part["setup_seconds"] for part in parts)}
+    results = merge_results([{item[0]: outcome} for item, outcome in zip(work, outcomes)], tuned=args.tune)
+    for task, result in results.items():
         print(markdown(task, result, args.tune), flush=True)
-        results[task] = result
     print(f"\nMachine: {os.cpu_count()}-core {platform.machine()} CPU, torch {torch.__version__} "
           f"({args.threads} thread(s) per process, {args.jobs} process(es)), python {platform.python_version()}; "
           f"{time.perf_counter() - started:.0f} s in all")
@@ -150,11 +146,12 @@ def main() -> int:
     return 0
 
 
-def merge_results(parts: list[dict]) -> dict:
-    """Several --json results of the same comparison (same task, splits/classes, loop seeds, settings)
-    with different methods, as one result per task: the rows side by side, paired split by split."""
+def merge_results(parts: list[dict], tuned: bool = False) -> dict:
+    """Several results of the same comparison (same task, splits/classes, loop seeds, settings) with
+    different methods, as one result per task: the rows side by side, paired split by split. Merges the
+    work items of one run as well as --json files of separate runs (--merge)."""
     merged = {}
-    for task in parts[0]:
+    for task in dict.fromkeys(task for part in parts for task in part):
         results = [part[task] for part in parts if task in part]
         first = results[0]
         for other in results[1:]:
@@ -166,13 +163,16 @@ def merge_results(parts: list[dict]) -> dict:
                 raise ValueError(f"{task}: the results differ in the step budget")
             if [s["retrained"] for s in other["setups"]] != [s["retrained"] for s in first["setups"]]:
                 raise ValueError(f"{task}: the results were compared with different retrained models")
-        methods = [row["method"] for result in results for row in result["rows"]]
-        if len(set(methods)) < len(methods):
-            raise ValueError(f"{task}: a method appears in more than one result (or a --tune result was given)")
-        # The setups of the result that retrained with other seeds, if any: they carry the floor of the gap.
-        floor = next((r for r in results if all(s.get("retrained_other_seeds") for s in r["setups"])), first)
+        methods = [[row["method"] for row in result["rows"]] for result in results]
+        every = [m for per_result in methods for m in set(per_result)]
+        if len(set(every)) < len(every):
+            raise ValueError(f"{task}: a method appears in more than one result")
+        if not tuned and any(len(set(m)) < len(m) for m in methods):
+            raise ValueError(f"{task}: a --tune result (several settings per method) cannot be merged into a table")
+        # The setups of the result that retrained with other seeds, if any: they carry that scale of the gap.
+        scale = next((r for r in results if all(s.get("retrained_other_seeds") for s in r["setups"])), first)
         rows = sorted((row for result in results for row in result["rows"]), key=lambda row: ORDER.index(row["method"]))
-        merged[task] = {**first, "setups": floor["setups"], "rows": rows,
+        merged[task] = {**first, "setups": scale["setups"], "rows": rows,
                         "setup_seconds": max(r["setup_seconds"] for r in results)}
     return merged
 

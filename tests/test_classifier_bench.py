@@ -96,7 +96,7 @@ def test_jobs_split_a_comparison_by_method_and_retrain_other_seeds_once():
                      tasks=["random"], steps=None, classes=[0], tune=False, threads=1, retrain_seeds=1)
     items = classifier_methods.work_items(args, ["ga", "sfron"], ())
     assert sorted(item[6] for item in items) == [("ga",), ("sfron",)]
-    assert [item[-1] for item in items] == [1, 0]  # the floor is computed by the first item only
+    assert [item[-1] for item in items] == [1, 0]  # the other-seed retrains run in the first item only
     assert all(item[2] == (43, 44) and item[7] == (1000, 3) for item in items)
     args.jobs = 1
     (item,) = classifier_methods.work_items(args, ["ga", "sfron"], ())
@@ -120,7 +120,7 @@ def test_merge_puts_methods_from_separate_runs_in_one_paired_table():
     assert [row["method"] for row in merged["random"]["rows"]] == ["ga", "sfron"]
     text = classifier_methods.markdown("random", merged["random"], tuned=False)
     assert "- SFR-on − GA: -0.20 ± 0.20; SFR-on nearer on 2, GA on 1 of 3 splits" in text
-    assert "| Retrain, 1 other training seed(s) | - |" in text  # the floor comes from whichever run has it
+    assert "| Retrain, 1 other training seed(s) | - |" in text  # the other-seed retrains come from whichever run has them
     other = result("ga", [0.01, 0.02, 0.03])
     other["random"]["variants"] = [4, 5, 6]
     for bad in ([result("sfron", [0.01] * 3), other], [result("ga", [0.01] * 3), result("ga", [0.02] * 3)]):
@@ -130,3 +130,20 @@ def test_merge_puts_methods_from_separate_runs_in_one_paired_table():
             assert "random:" in str(error)
         else:
             raise AssertionError("merged results of different comparisons")
+
+
+def test_merge_keeps_every_cell_of_a_tune_and_refuses_it_as_a_table():
+    setup = {"original": {"ua": 0, "ra": 1, "ta": 1, "mia": 0}, "retrained": {"ua": 0, "ra": 1, "ta": 1, "mia": 0},
+             "forget_size": 144}
+    cells = [{"method": "ga", "avg_gap": g, "config": {"lr": lr}, "runs": [{"avg_gap": g}]}
+             for g, lr in ((0.1, 0.01), (0.2, 0.03))]
+    part = {"random": {"recipe": {"sfron": {"steps": 5}}, "setups": [setup], "rows": cells, "variants": [0],
+                       "loop_seeds": [0, 1], "overrides": [], "setup_seconds": 1.0}}
+    sfron = {"random": {**part["random"], "rows": [{**cells[0], "method": "sfron"}]}}
+    assert len(classifier_methods.merge_results([part, sfron], tuned=True)["random"]["rows"]) == 3
+    try:
+        classifier_methods.merge_results([part, sfron])
+    except ValueError as error:
+        assert "--tune" in str(error)
+    else:
+        raise AssertionError("a --tune result was merged into a table")
