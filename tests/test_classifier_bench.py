@@ -62,7 +62,7 @@ def test_grid_replacements_and_edges():
             raise AssertionError(f"{bad} was accepted")
 
 
-def test_retraining_with_other_seeds_gives_the_floor_of_the_gap():
+def test_retraining_with_other_seeds_gives_a_scale_for_the_gap():
     item = ("random", 2, (5,), (), False, 1, ("ft",), (0, 1), ("train.steps=30",), (), 1)
     result = classifier_methods.run_task(item)
     (setup,) = result["setups"]
