@@ -165,9 +165,36 @@ def test_baselines_share_the_harness(method, train, tiny_sd, tmp_path, capsys):
     if train == "xattn":
         assert all("attn2" in n for n in changed)
     if train == "noxattn":
-        assert not any("attn2" in n for n in changed)
+        assert not any("attn2" in n or "norm" in n for n in changed)
     if method == "salun":
         assert 0 < metrics["mask_fraction"] < 1
+
+
+def test_train_selections_follow_esd(tiny_sd):
+    """noxattn is ESD-u as the ESD authors' script selects it: the weights and biases of every Linear and
+    Conv2d layer outside cross-attention; norm layers stay frozen. xattn is attn2 only, full everything."""
+    from diffusers import UNet2DConditionModel
+
+    from erase.families import sd
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_sd, subfolder="unet")
+    kinds = {name: type(m) for name, m in unet.named_modules()}
+    params = dict(unet.named_parameters())
+    layer_of = {n: kinds[n.rpartition(".")[0]] for n in params}
+    linear_or_conv = {n for n, kind in layer_of.items() if kind in (torch.nn.Linear, torch.nn.Conv2d)}
+    norms = {n for n, kind in layer_of.items() if kind in (torch.nn.GroupNorm, torch.nn.LayerNorm)}
+    assert norms and {"conv_in.weight", "time_embedding.linear_1.bias"} <= linear_or_conv
+
+    def trained(which):
+        count = sd.select_trainable(unet, which)
+        names = {n for n, p in params.items() if p.requires_grad}
+        assert count == sum(params[n].numel() for n in names)
+        return names
+
+    assert trained("noxattn") == {n for n in linear_or_conv if "attn2" not in n}
+    assert not trained("noxattn") & norms
+    assert trained("xattn") == {n for n in params if "attn2" in n}
+    assert trained("full") == set(params)
 
 
 def test_esd_target_is_negative_guidance_from_the_frozen_copy(tiny_sd):

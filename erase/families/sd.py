@@ -114,13 +114,21 @@ def default_size(pipeline) -> int:
 def select_trainable(unet: UNet2DConditionModel, which: str) -> int:
     """Turn gradients on for the part of the UNet that is erased; returns the number of weights.
 
-    full: every weight; xattn: cross-attention (attn2) only (ESD-x); noxattn: all but attn2 (ESD-u).
+    full: every weight; xattn: cross-attention (attn2) only (ESD-x); noxattn: the weights and biases
+    of the Linear and Conv2d layers outside attn2 (ESD-u as the ESD authors' esd_sd.py selects it:
+    norm layers stay frozen).
     """
     if which not in TRAIN_SELECTIONS:
         raise UserError(f"train must be one of {', '.join(TRAIN_SELECTIONS)}, got {which!r}")
+    layers = {name for name, m in unet.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))}
     count = 0
     for name, p in unet.named_parameters():
-        on = which == "full" or (("attn2" in name) == (which == "xattn"))
+        if which == "full":
+            on = True
+        elif which == "xattn":
+            on = "attn2" in name
+        else:
+            on = "attn2" not in name and name.rpartition(".")[0] in layers
         p.requires_grad_(on)
         count += p.numel() if on else 0
     return count
@@ -391,7 +399,3 @@ def _copy_component(source: Path, target: Path, spec) -> None:
             if not STANDARD_WEIGHTS.match(f.name):
                 continue  # variants (fp16, non_ema) and .bin twins: the folder holds one set of weights
         shutil.copyfile(f, target / f.name)
-
-
-def folder_size(path: Path) -> int:
-    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
