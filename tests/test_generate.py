@@ -8,7 +8,7 @@ import time
 
 import pytest
 import torch
-from sd_fixtures import folder_files, one_thread, run_cli, tiny_sd, write_i2p_csv  # noqa: F401
+from sd_fixtures import folder_files, run_cli, tiny_sd, write_i2p_csv  # noqa: F401
 
 from erase.data.prompts import expand_prompts, read_prompts
 from erase.errors import UserError
@@ -76,8 +76,9 @@ def test_images_follow_the_rows_seed_and_guidance(tiny_sd, tmp_path, capsys):
     base = ["generate", "--model", tiny_sd, "--prompts", path, "--limit", 2, "--batch-size", 1, *SMALL]
     assert run_cli([*base, "--out", tmp_path / "own", "--samples-per-prompt", 2], capsys)[0] == 0
     own = folder_files(tmp_path / "own")
-    assert sorted(own) == [".erase-generate.json", "100_0.png", "100_1.png", "101_0.png", "101_1.png"]
+    assert sorted(own) == [".erase-generate.json", "100_0.png", "100_1.png", "101_0.png", "101_1.png", "manifest.csv"]
     own.pop(".erase-generate.json")
+    own.pop("manifest.csv")
     assert len(set(own.values())) == 4
     # row 100 has guidance 7: --guidance 7 gives the same image, --guidance 2 another
     assert run_cli([*base, "--out", tmp_path / "g7", "--guidance", 7], capsys)[0] == 0
@@ -110,7 +111,7 @@ def test_killed_and_restarted_run_equals_an_uninterrupted_one(tiny_sd, tmp_path,
     assert f"({done_before_restart} already there)" in out
     assert run_cli([*args, "--out", tmp_path / "whole", "--batch-size", 2], capsys)[0] == 0
     resumed, whole = folder_files(killed), folder_files(tmp_path / "whole")
-    assert len(whole) == total + 1  # the images and the settings file
+    assert len(whole) == total + 2  # the images, the settings file and the manifest
     assert resumed == whole  # same names, same bytes, no temporary leftovers
 
 

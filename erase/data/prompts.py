@@ -6,6 +6,8 @@ Every row gets a seed, so every image it produces can be regenerated exactly:
   * a CSV with a `prompt` column and optionally `seed` (or `evaluation_seed`), `guidance`, `case_number`;
   * a `.txt` file, one prompt per line: the seed is the line's index.
 A row without a case number is named by its index in the file.
+Any CSV may also have a `label` column (a class id or name, e.g. "7" or "golden retriever"): what the
+row's images should show, for judging them with a classifier (`erase evaluate classifier`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class PromptRow:
     guidance: float | None = None
     case_number: str | None = None
     categories: tuple[str, ...] = ()
+    label: str | None = None
 
     @property
     def name(self) -> str:
@@ -67,7 +70,8 @@ def expand_prompts(rows: list[PromptRow], count: int) -> list[PromptRow]:
     for i in range(count):
         row = rows[i % len(rows)]
         round_ = i // len(rows)
-        out.append(PromptRow(index=i, prompt=row.prompt, seed=row.seed + round_ * 1_000_003, guidance=row.guidance))
+        out.append(PromptRow(index=i, prompt=row.prompt, seed=row.seed + round_ * 1_000_003, guidance=row.guidance,
+                             label=row.label))
     return out
 
 
@@ -93,6 +97,7 @@ def _read_csv(path: Path) -> list[PromptRow]:
     guidance_column = next((columns[c] for c in GUIDANCE_COLUMNS if c in columns), None)
     case_column = columns.get("case_number")
     category_column = columns.get("categories")
+    label_column = columns.get("label")
     rows = []
     for line, record in enumerate(reader, start=2):
         prompt = (record.get(columns["prompt"]) or "").strip()
@@ -103,10 +108,12 @@ def _read_csv(path: Path) -> list[PromptRow]:
         guidance = _number(record, guidance_column, float, path, line, default=None)
         case = (record.get(case_column) or "").strip() if case_column else ""
         categories = (record.get(category_column) or "") if category_column else ""
+        label = (record.get(label_column) or "").strip() if label_column else ""
         rows.append(
             PromptRow(
                 index=index, prompt=prompt, seed=seed, guidance=guidance, case_number=case or None,
                 categories=tuple(c.strip().lower() for c in categories.split(",") if c.strip()),
+                label=label or None,
             )
         )
     return rows
