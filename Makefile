@@ -1,4 +1,4 @@
-# Each target sets itself up: a fresh clone needs only Python 3.10+ and pip.
+# Each target sets itself up: a fresh clone needs only Python 3.11+ and pip.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed

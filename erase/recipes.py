@@ -8,9 +8,14 @@ from pathlib import Path
 
 from erase.errors import UserError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-PIPELINES_DIR = REPO_ROOT / "pipelines"
-ASSETS_DIR = REPO_ROOT / "assets"
+PACKAGE_DIR = Path(__file__).resolve().parent
+REPO_ROOT = PACKAGE_DIR.parent
+# pipelines/, prompts/ and assets/ sit next to erase/ in a checkout (or an editable install); an installed
+# wheel carries them in erase/_data/ (setup.py copies them there).
+DATA_ROOT = REPO_ROOT if (REPO_ROOT / "pipelines").is_dir() else PACKAGE_DIR / "_data"
+PIPELINES_DIR = DATA_ROOT / "pipelines"
+PROMPTS_DIR = DATA_ROOT / "prompts"
+ASSETS_DIR = DATA_ROOT / "assets"
 
 
 def load_recipe(path) -> dict:
@@ -52,12 +57,15 @@ def apply_overrides(recipe: dict, overrides: list[str]) -> dict:
     return result
 
 
-def resolve_path(value: str) -> Path:
-    """Recipe paths are relative to the repository root (where pipelines/ and assets/ live) or absolute."""
+def resolve_path(value) -> Path:
+    """A path from a recipe or the command line: as given (absolute or from the working directory) if it
+    exists, else the file shipped with erase (`assets/digits-ddpm` from any directory, installed or not);
+    as given when neither exists, so that the error names what the user wrote."""
     path = Path(value).expanduser()
     if path.is_absolute() or path.exists():
         return path
-    return REPO_ROOT / path
+    shipped = DATA_ROOT / path
+    return shipped if shipped.exists() else path
 
 
 def to_toml(data: dict) -> str:
