@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from sd_fixtures import one_thread, run_cli, tiny_sd  # noqa: F401
+from sd_fixtures import run_cli, tiny_sd  # noqa: F401
 
 from erase.data.digits import load_digits_tensors, to_uint8
 from erase.data.manifest import MANIFEST, write_manifest
