@@ -89,15 +89,6 @@ def tiny_sd(tmp_path_factory) -> Path:
     return build_tiny_sd(tmp_path_factory.mktemp("tiny-sd"))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread; two spinning threads on a busy 2-core machine crawl."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def run_cli(argv, capsys) -> tuple[int, str, str]:
     """Run `erase ARGV` in-process; (exit code, stdout, stderr). argparse exits are caught."""
     from erase.cli import main

@@ -1,6 +1,7 @@
 """Class-conditional DDPM pipeline and family: save/load round trip, sampling, loss, data split."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -27,6 +28,15 @@ def test_save_load_round_trip(tiny_pipeline, tmp_path):
     for (n, a), (_, b) in zip(tiny_pipeline.unet.state_dict().items(), loaded.unet.state_dict().items()):
         assert torch.equal(a, b), n
     assert loaded.num_classes == 3
+
+
+def test_bundled_model_carries_the_package_pipeline_file():
+    """assets/digits-ddpm loads with plain diffusers through its own copy of the pipeline code: the
+    copy must stay the package's file, byte for byte (save_pretrained writes it; edits go to both)."""
+    from erase.families import ddpm_pipeline
+
+    shipped = ASSETS_DIR / "digits-ddpm" / f"{ddpm_pipeline.PIPELINE_MODULE}.py"
+    assert shipped.read_bytes() == Path(ddpm_pipeline.__file__).read_bytes()
 
 
 def test_plain_diffusers_loads_the_folder_and_generates(tiny_pipeline, tmp_path):

@@ -28,15 +28,6 @@ REPO = Path(__file__).resolve().parent.parent
 STEPS = 24
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def write_class_folder(root: Path, per_class: int, size: int = 8, seed: int = 0) -> Path:
     """Three classes told apart by colour: train/ and test/ splits, one sub-folder per class."""
     rng = np.random.default_rng(seed)

@@ -19,14 +19,6 @@ from erase.families import dit
 CLASSES = (0, 3, 207)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def id2label() -> dict:
     names = {str(i): f"thing {i}" for i in range(1000)}
     names["207"] = "golden retriever"

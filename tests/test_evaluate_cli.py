@@ -17,14 +17,6 @@ from erase.eval.classify_images import load_image_classifier, read_state_dict
 NAMES = ["cat", "dog", "ship"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def write_images(folder: Path, colour: int, count: int, seed: int, size: int = 16) -> Path:
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 from diffusers.models.autoencoders.vae import Encoder
 from safetensors.torch import load_file
-from sd_fixtures import folder_files, one_thread, run_cli, same_bytes, tiny_sd  # noqa: F401
+from sd_fixtures import folder_files, run_cli, same_bytes, tiny_sd  # noqa: F401
 
 from erase.core.saliency import load_mask
 from erase.recipes import REPO_ROOT

@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 
-import numpy as np
 import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
@@ -103,8 +102,3 @@ class ClassConditionalDDPMPipeline(DiffusionPipeline):
         with open(index_path, "w") as f:
             json.dump(index, f, indent=2, sort_keys=True)
             f.write("\n")
-
-
-def images_to_uint8(images: torch.Tensor) -> np.ndarray:
-    """[0, 1] float NCHW tensor -> uint8 NHWC array."""
-    return (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()

@@ -88,7 +88,7 @@ def register_classifier(kinds) -> None:
 
 
 def run_classifier(args) -> int:
-    from erase.eval.classify_images import finetune_classifier
+    from erase.workflows.pretrain_classifier import finetune_classifier
 
     info = finetune_classifier(
         args.data, args.out, arch=args.arch, init_weights=args.init_weights, image_size=args.image_size,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Callable, Iterable, Iterator
 
 import torch
@@ -44,7 +44,6 @@ class SFRonConfig:
     outer_lr: float = 1.0  # the paper's slow rate α
     mixed_precision: str = "no"  # no | fp16 | bf16
     seed: int = 0
-    extra: dict = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, values: dict) -> "SFRonConfig":

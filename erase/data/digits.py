@@ -38,7 +38,3 @@ def load_digits_tensors(split: str = "train") -> tuple[torch.Tensor, torch.Tenso
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
     """[-1, 1] float images -> uint8 in [0, 255], the form evaluators and torch-fidelity take."""
     return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-
-
-def from_uint8(images: torch.Tensor) -> torch.Tensor:
-    return images.float() / 127.5 - 1.0
