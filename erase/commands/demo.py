@@ -1,38 +1,66 @@
-"""`erase demo`: the embedded default — forget one digit from the bundled DDPM, evaluate, report."""
+"""`erase demo`: the embedded default of the main job — erase a concept from the bundled text-to-image
+Stable Diffusion pipeline (assets/digits-sd), evaluate, export a plain diffusers folder.
+
+`--family ddpm` runs the earlier demo: forget one class of the bundled class-conditional digits DDPM.
+Flags fill in the recipe; `--set key=value` is applied last, so it wins over a flag (as in `erase sd`).
+"""
 
 from __future__ import annotations
 
 from erase.commands.common import positive_int
 
-DEMO_RECIPE = "pipelines/digits-ddpm-class.toml"
+RECIPES = {"sd": "pipelines/digits-sd-concept.toml", "ddpm": "pipelines/digits-ddpm-class.toml"}
+PRETRAIN = {"sd": "erase pretrain digits-sd --out assets/digits-sd", "ddpm": "erase pretrain digits"}
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("demo", help="forget one digit from the bundled digits DDPM (CPU, about a minute)")
-    parser.add_argument("--forget-class", type=int, default=None, help="digit to forget, 0-9 (default: the recipe's)")
-    parser.add_argument("--steps", type=positive_int, default=None, help="SFR-on steps (default: the recipe's)")
+    parser = subparsers.add_parser(
+        "demo", help="erase a digit concept from the bundled text-to-image SD pipeline (CPU, under a minute)"
+    )
+    parser.add_argument("--family", choices=sorted(RECIPES), default="sd",
+                        help="sd: concept erasure from the text-to-image pipeline (default); ddpm: class forgetting")
+    parser.add_argument("--forget-digit", "--forget-class", dest="forget", type=int, action="append", default=None,
+                        metavar="K", help="digit to erase, 0-9 (sd: repeatable, several concepts in one run; "
+                                          "default: the recipe's)")
+    parser.add_argument("--method", choices=["sfron", "ga", "rl", "salun", "esd"], default=None,
+                        help="erasure method (default sfron)")
+    parser.add_argument("--steps", type=positive_int, default=None, help="erasure steps (default: the recipe's)")
     parser.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
     parser.add_argument("--seed", type=int, default=None, help="seed of the loop (default: the recipe's)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override any recipe value (repeatable)")
+                        help="override any recipe value (repeatable; wins over the flags)")
     parser.set_defaults(func=run_demo)
 
 
-def run_demo(args) -> int:
-    from erase.commands.run import run_recipe
+def build_recipe(args) -> dict:
     from erase.errors import UserError
     from erase.recipes import apply_overrides, load_recipe, resolve_path
 
-    recipe = apply_overrides(load_recipe(resolve_path(DEMO_RECIPE)), args.overrides)
-    if args.forget_class is not None:
-        if not 0 <= args.forget_class <= 9:
-            raise UserError(f"--forget-class must be a digit 0-9, got {args.forget_class}")
-        recipe["forget"]["class"] = args.forget_class
+    recipe = load_recipe(resolve_path(RECIPES[args.family]))
+    if args.forget is not None:
+        if any(not 0 <= k <= 9 for k in args.forget):
+            raise UserError(f"--forget-digit must be a digit 0-9, got {args.forget}")
+        if args.family == "sd":
+            recipe["digits"]["forget"] = sorted(set(args.forget))
+        elif len(args.forget) > 1:
+            raise UserError("the ddpm demo forgets one class; give --forget-digit once")
+        else:
+            recipe["forget"]["class"] = args.forget[0]
+    if args.method is not None:
+        recipe["method"]["name"] = args.method
+        recipe["method"].pop("forget_loss", None)  # each method's own default
     if args.steps is not None:
         recipe["sfron"]["steps"] = args.steps
     if args.seed is not None:
         recipe["sfron"]["seed"] = args.seed
     recipe.setdefault("output", {})["dir"] = args.out
+    recipe = apply_overrides(recipe, args.overrides)
     if not resolve_path(recipe["model"]["path"]).exists():
-        raise UserError(f"the bundled model {recipe['model']['path']} is missing; run `erase pretrain digits`")
-    return run_recipe(recipe)
+        raise UserError(f"the bundled model {recipe['model']['path']} is missing; run `{PRETRAIN[args.family]}`")
+    return recipe
+
+
+def run_demo(args) -> int:
+    from erase.commands.run import run_recipe
+
+    return run_recipe(build_recipe(args))

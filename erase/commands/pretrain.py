@@ -14,6 +14,7 @@ def register(subparsers) -> None:
     digits.add_argument("--steps", type=positive_int, default=None, help="DDPM training steps (default 1500)")
     digits.add_argument("--seed", type=int, default=0)
     digits.set_defaults(func=run_digits)
+    register_digits_sd(kinds)
     register_ddpm(kinds)
     register_classifier(kinds)
 
@@ -24,6 +25,31 @@ def run_digits(args) -> int:
     info = pretrain_digits(args.out, ddpm_steps=args.steps or DDPM_STEPS, seed=args.seed)
     print(f"classifier test accuracy {info['classifier_test_accuracy']:.3f}; "
           f"DDPM {info['ddpm_parameters']:,} parameters, {info['ddpm_steps']} steps; {info['seconds']} s -> {args.out}")
+    return 0
+
+
+def register_digits_sd(kinds) -> None:
+    parser = kinds.add_parser("digits-sd", help="the embedded default of the main job: a tiny text-to-image "
+                                                "StableDiffusionPipeline on digits (CPU, minutes)")
+    parser.add_argument("--out", default="assets/digits-sd", help="pipeline folder to write (default assets/digits-sd)")
+    parser.add_argument("--steps", type=positive_int, default=None, help="UNet training steps (default 2000)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-eval", dest="evaluate", action="store_false",
+                        help="skip judging the trained model with the digit classifier")
+    parser.set_defaults(func=run_digits_sd)
+
+
+def run_digits_sd(args) -> int:
+    from erase.workflows.pretrain_digits_sd import UNET_STEPS, pretrain_digits_sd
+
+    info = pretrain_digits_sd(args.out, unet_steps=args.steps or UNET_STEPS, seed=args.seed, evaluate=args.evaluate)
+    quality = info.get("quality")
+    judged = ""
+    if quality:
+        judged = (f"; digit classifier: training captions {quality['train_mean']:.3f} (worst digit "
+                  f"{quality['train_min']:.3f}), held-out paraphrases {quality['heldout_mean']:.3f}")
+    print(f"text-to-image digits pipeline, UNet {info['parameters']['unet']:,} parameters, {info['unet_steps']} steps, "
+          f"{info['seconds']} s{judged} -> {args.out}")
     return 0
 
 

@@ -33,3 +33,28 @@ def verdict(before: dict, after: dict, steps: int, fisher_mask: bool = True) -> 
     gamma = ", or a larger sfron.gamma (fewer weights)" if fisher_mask else ""
     return (f"forgotten (FA {fa:.2f}), but {kept}, over the tolerance of {REMAINING_TOLERANCE * 100:.0f}; "
             f"a smaller sfron.lr or forget_alpha{gamma} spares them")
+
+
+PARAPHRASE_TARGET = 0.10
+
+
+def concept_erased(after: dict, before: dict) -> bool:
+    """The text-to-image bar: forget prompts ≤ 5%, held-out paraphrases ≤ 10%, the rest within 2 points."""
+    return (after["fa"] <= FA_TARGET + _SLACK and after["fa_paraphrase"] <= PARAPHRASE_TARGET + _SLACK
+            and before["remaining_accuracy"] - after["remaining_accuracy"] <= REMAINING_TOLERANCE + _SLACK)
+
+
+def concept_verdict(before: dict, after: dict, steps: int) -> str | None:
+    """One line for the end of a concept erasure judged by a classifier; None without one."""
+    if after.get("fa") is None or after.get("fa_paraphrase") is None:
+        return None
+    drop = before["remaining_accuracy"] - after["remaining_accuracy"]
+    figures = (f"FA {after['fa']:.2f} on the forget prompts, {after['fa_paraphrase']:.2f} on held-out paraphrases, "
+               f"the other concepts {'lost' if drop > 0 else 'gained'} {abs(drop) * 100:.1f} points after {steps} steps")
+    if concept_erased(after, before):
+        return f"erased: {figures}"
+    if after["fa"] > FA_TARGET + _SLACK or after["fa_paraphrase"] > PARAPHRASE_TARGET + _SLACK:
+        return (f"not erased yet ({figures}; bar: ≤ {FA_TARGET}, ≤ {PARAPHRASE_TARGET}); more steps "
+                f"(--set sfron.steps=...) or a larger sfron.lr erase more")
+    return (f"erased, but {figures}, over the tolerance of {REMAINING_TOLERANCE * 100:.0f}; a smaller sfron.lr, "
+            f"or a larger sfron.gamma (fewer weights), spares them")

@@ -40,6 +40,7 @@ from erase.core.sfron import SFRonConfig, unlearn
 from erase.data.prompts import expand_prompts, prompt_rows, read_prompts
 from erase.errors import UserError
 from erase.eval.report import format_table, save_grid, save_loss_plot
+from erase.eval.verdict import concept_verdict
 from erase.families import sd
 from erase.patch import save_patch
 from erase.recipes import resolve_path
@@ -85,7 +86,12 @@ def run(recipe: dict, show_progress: bool = True) -> dict:
     remain_batches = loader(remain_set, settings.batch_size, settings.config.seed + 1)
     probe = Probe(forget_set, remain_set, pipeline.scheduler, settings.config.seed)
 
-    before = evaluate(pipeline, settings, probe, accelerator, "before", show_progress)
+    judge = None
+    if settings.digit_sets is not None and settings.eval_samples > 0:
+        from erase.workflows.sd_digits import DigitJudge
+
+        judge = DigitJudge(settings.digit_sets, settings.eval_samples, settings.eval_remain_samples, settings.eval_seed)
+    before = evaluate(pipeline, settings, probe, accelerator, "before", show_progress, judge)
 
     erase_started = time.perf_counter()
     trainable = sd.select_trainable(unet, settings.train)
@@ -108,14 +114,15 @@ def run(recipe: dict, show_progress: bool = True) -> dict:
     unet.requires_grad_(False).eval()
     erase_seconds = time.perf_counter() - erase_started
 
-    after = evaluate(pipeline, settings, probe, accelerator, "after", show_progress)
+    after = evaluate(pipeline, settings, probe, accelerator, "after", show_progress, judge)
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
         return {"steps": settings.config.steps, "seconds": round(time.perf_counter() - started, 2)}
     new_state = sd.unet_state(unet, stored_dtype)
     sd.export_pipeline(folder, new_state, out_dir / "model")
     patch = save_patch(base_state, new_state, out_dir / "patch.safetensors", base_model=settings.model)
-    write_grids(out_dir)
+    if judge is None:
+        write_grids(out_dir)
     save_loss_plot(history, out_dir / "loss.png", title=f"{settings.method}: erasing {settings.forget_rows[0].prompt!r}")
     unet_bytes = (out_dir / "model" / "unet" / sd.UNET_WEIGHTS).stat().st_size
     metrics = {
@@ -182,15 +189,22 @@ class Settings:
         for name, value in (("height", self.height), ("width", self.width)):
             if value < 0 or value % 8:
                 raise UserError(f"data.{name} must be a multiple of 8, got {value}")
-        self.forget_rows = expand_prompts(self._rows(recipe.get("forget", {}), "forget"), self.num_images)
-        self.remain_rows = expand_prompts(self._rows(recipe.get("remain", {}), "remain"), self.num_images)
-        anchors = recipe.get("forget", {}).get("anchor", [])
+        forget_section, remain_section = recipe.get("forget", {}), recipe.get("remain", {})
+        self.digit_sets = None
+        if "digits" in recipe:  # the bundled text-to-image model: prompt sets from its caption templates
+            from erase.workflows.sd_digits import prompt_sets
+
+            forget_section, remain_section, self.digit_sets = prompt_sets(recipe)
+        self.forget_rows = expand_prompts(self._rows(forget_section, "forget"), self.num_images)
+        self.remain_rows = expand_prompts(self._rows(remain_section, "remain"), self.num_images)
+        anchors = forget_section.get("anchor", [])
         self.anchors = [anchors] if isinstance(anchors, str) else [str(a) for a in anchors]
         if self.forget_loss == "mapping" and (not self.anchors or any(not a.strip() for a in self.anchors)):
             raise UserError("the mapping loss needs an anchor prompt (--anchor-prompt)")
         self.anchors = self.anchors or [""]
         evaluation = recipe.get("eval", {})
         self.eval_samples = int(evaluation.get("samples", 4))
+        self.eval_remain_samples = int(evaluation.get("remain_samples", self.eval_samples))
         self.eval_seed = int(evaluation.get("seed", 100_000))
         self.eval_guidance = float(evaluation.get("guidance", self.guidance))
         self.eval_steps = _positive(evaluation.get("inference_steps", self.inference_steps), "eval.inference_steps")
@@ -362,12 +376,24 @@ class Probe:
         return {"forget_gap": float(((eps_f - eps_a) ** 2).mean()), "remain_mse": float(((eps_r - noise) ** 2).mean())}
 
 
-def evaluate(pipeline, settings: Settings, probe: Probe, accelerator, name: str, show_progress: bool) -> dict:
-    """Probe losses, sample images from the forget and remain prompts (fixed seeds), NudeNet counts."""
+def evaluate(pipeline, settings: Settings, probe: Probe, accelerator, name: str, show_progress: bool,
+             judge=None) -> dict:
+    """Probe losses, sample images from the forget and remain prompts (fixed seeds), NudeNet counts
+    (or, with a judge, the labelled prompt sets scored by its classifier)."""
     pipeline.unet.eval()
     result = probe.measure(pipeline.unet, accelerator)
     if settings.eval_samples < 1:
         return result
+    if judge is not None:
+
+        def generate(rows, folder, samples):
+            if name == "after" and folder.exists():
+                shutil.rmtree(folder)  # the erased model changes from run to run
+            with accelerator.autocast():
+                return cached_images(pipeline, settings, rows, folder, show_progress, guidance=settings.eval_guidance,
+                                     steps=settings.eval_steps, samples=samples)
+
+        return result | judge.evaluate(generate, settings.out_dir, name)
     folders = {}
     for which, rows in (("forget", settings.forget_rows), ("remain", settings.remain_rows)):
         unique = {r.prompt: None for r in rows}
@@ -412,8 +438,16 @@ def summary_table(metrics: dict) -> str:
             rows.append((f"NudeNet exposed ({which} prompts)", b[key]["total"], a[key]["total"]))
             rows.append((f"images with exposure ({which})", f"{b[key]['images_with_exposure']}/{b[key]['images']}",
                          f"{a[key]['images_with_exposure']}/{a[key]['images']}"))
+    for key, label in (("fa", "FA, forget prompts"), ("fa_paraphrase", "FA, held-out paraphrases"),
+                       ("remaining_accuracy", "accuracy, other concepts"), ("fid", "FID, other concepts")):
+        if key in b and key in a:
+            rows.append((label, b[key], a[key]))
     patch = metrics["patch"]
     table = format_table(rows, ("metric", "before", "after"))
-    return (f"{table}\nmask {metrics['mask_fraction']:.3f} of {metrics['trainable_weights']:,} trained weights; "
-            f"patch {patch['bytes'] / 2**20:.2f} MiB vs UNet {patch['unet_bytes'] / 2**20:.2f} MiB "
-            f"({patch['changed_fraction']:.3f} of weights changed)")
+    lines = [table, f"mask {metrics['mask_fraction']:.3f} of {metrics['trainable_weights']:,} trained weights; "
+                    f"patch {patch['bytes'] / 2**20:.2f} MiB vs UNet {patch['unet_bytes'] / 2**20:.2f} MiB "
+                    f"({patch['changed_fraction']:.3f} of weights changed)"]
+    line = concept_verdict(b, a, metrics["steps"])
+    if line:
+        lines.append(line)
+    return "\n".join(lines)
