@@ -1,7 +1,7 @@
 """`erase ddpm --model M --forget-class K [--data DIR] --steps N --out DIR`: forget a class from a DDPM.
 
 A shortcut for pipelines/ddpm-cifar10-class.toml (the paper's CIFAR-10 defaults): real images of
-every class when --data is given, the model's own images (guidance 2.0) when not.
+every class when --data is given, the model's own images (guidance 3.0: the official cond_scale 2) when not.
 """
 
 from __future__ import annotations
