@@ -55,7 +55,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from erase.core.baselines import METHODS  # noqa: E402
+from erase.core.methods import METHODS  # noqa: E402
 from erase.eval.unlearning import METRICS, gaps  # noqa: E402
 from erase.families.classifier import save_classifier  # noqa: E402
 from erase.recipes import PIPELINES_DIR, apply_overrides, load_recipe  # noqa: E402

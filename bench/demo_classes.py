@@ -9,7 +9,7 @@ import argparse
 import json
 import time
 
-from erase.commands.demo import DEMO_RECIPE
+from erase.commands.demo import RECIPES
 from erase.recipes import apply_overrides, load_recipe, resolve_path
 from erase.workflows import ddpm_class
 
@@ -22,7 +22,7 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     for k in args.classes:
-        recipe = apply_overrides(load_recipe(resolve_path(DEMO_RECIPE)), args.overrides)
+        recipe = apply_overrides(load_recipe(resolve_path(RECIPES["ddpm"])), args.overrides)
         recipe["forget"]["class"] = k
         recipe["output"]["dir"] = f"{args.out}/digit-{k}"
         started = time.perf_counter()

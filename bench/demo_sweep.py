@@ -20,8 +20,7 @@ from pathlib import Path
 
 import torch
 
-from erase.commands.demo import DEMO_RECIPE
-from erase.core.baselines import method_spec
+from erase.commands.demo import RECIPES
 from erase.eval.verdict import class_forgotten
 from erase.families import ddpm
 from erase.recipes import apply_overrides, load_recipe, resolve_path
@@ -32,7 +31,7 @@ from erase.workflows import ddpm_class
 def erase_digit(recipe: dict, work_dir: Path):
     """The erase half of ddpm_class.run, step for step (same seeds): returns (pipeline, mask fraction)."""
     forget_class = int(recipe["forget"]["class"])
-    spec = method_spec(recipe.get("method", {}).get("name", "sfron"))
+    spec = ddpm_class.user_method(recipe)
     config = ddpm_class.sfron_config(recipe)
     torch.manual_seed(config.seed)
     pipeline = ddpm.load_or_build_pipeline(recipe["model"])
@@ -70,7 +69,7 @@ def main() -> None:
     label = args.label or (" ".join(args.overrides) or "shipped")
     rows, passed = [], 0
     for k in args.classes:
-        recipe = apply_overrides(load_recipe(resolve_path(DEMO_RECIPE)), args.overrides)
+        recipe = apply_overrides(load_recipe(resolve_path(RECIPES["ddpm"])), args.overrides)
         recipe["forget"]["class"] = k
         recipe["eval"]["fid"] = False
         before = cached_before(recipe, out / "before.json")

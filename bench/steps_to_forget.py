@@ -5,8 +5,8 @@
 
 Every method starts from the same model and runs the one SFR-on loop (`erase.core.sfron.unlearn`)
 with the same data, batch size, optimizer, learning rate, clipping and remain steps; only the forget
-objective, the mask and the forget-weight schedule differ (`erase.workflows.ddpm_class.user_method`:
-the shared `erase.core.baselines` specs, ESD's included). Every k steps the loop's `on_step` callback generates images with fixed
+objective, the mask and the forget-weight schedule differ (`erase.core.methods`, through
+`erase.workflows.ddpm_class.erase_class`, exactly as `erase run`). Every k steps the loop's `on_step` callback generates images with fixed
 seeds and scores them as `erase run` does: FA of the forgotten class, mean accuracy on the remaining
 classes, FID of the remaining classes on the digit classifier's features. A method has forgotten at
 the first evaluation with FA <= 0.05 and remaining accuracy within 0.02 of the original model's.
@@ -51,8 +51,8 @@ METHOD_SETTINGS = {
 }
 LABELS = {"sfron": "SFR-on", "ga": "GA", "rl": "RL", "salun": "SalUn", "esd": "ESD", "ft": "FT"}
 NOTES = (
-    "How the methods differ (all through the one loop; objectives from `erase.workflows.ddpm_class.forget_objective` "
-    "and `esd_objective`, masks from `build_mask`): **SFR-on** ascends the adaptively weighted ε-MSE (λ) on the forget class under its "
+    "How the methods differ (all through the one loop; objectives and masks from `erase.core.methods`, "
+    "with the family's class-mapping and ESD losses): **SFR-on** ascends the adaptively weighted ε-MSE (λ) on the forget class under its "
     "Fisher-balanced mask; **GA** ascends the plain ε-MSE (λ = 0), forget weight 1 as in SalUn's DDPM code; **RL** "
     "pulls ε_θ(x_t, c_f) towards sg ε_θ(x_t, c') for a random other class c' on the same noisy forget image "
     "(`erase.families.ddpm.class_mapping_loss`, as in the official SalUn / SFR-on DDPM code, which uses "

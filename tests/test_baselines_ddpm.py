@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from erase.core.baselines import METHODS, method_spec
+from erase.core.methods import METHODS, forget_objective, method_spec
 from erase.core.fisher import load_fisher
 from erase.core.saliency import mask_stats, saliency_mask
 from erase.core.sfron import SFRonConfig, unlearn
@@ -41,8 +41,9 @@ def test_each_method_runs_two_steps_on_a_tiny_ddpm(name, data, tmp_path):
     settings = {**steps_to_forget.METHOD_SETTINGS[name], "steps": 2, "lr": 1e-3, "gamma": 1.0}
     config = SFRonConfig.from_dict(settings)
     recipe = {"fisher": {"batches": 2, "salun_fraction": 0.5}}
-    mask = ddpm_class.build_mask(spec.mask, recipe, unet, loss_fn, forget, remain, config, tmp_path)
-    objective = ddpm_class.forget_objective(spec, loss_fn, config, FORGET_CLASS, 10, scheduler)
+    mask = ddpm_class.class_mask(spec, recipe, unet, loss_fn, forget, remain, config, tmp_path,
+                                 {"forget_class": FORGET_CLASS}, show_progress=False)
+    objective = forget_objective(spec, loss_fn, config.temperature, ddpm.class_mapping_loss(scheduler, 10))
     history = unlearn(unet, objective, loss_fn, forget, remain, config, mask=mask, show_progress=False)
 
     assert [r["step"] for r in history] == [1, 2]
@@ -156,7 +157,7 @@ def test_esd_runs_through_the_workflow_without_a_mask(tmp_path):
     assert spec.name == "esd" and mask is None
     assert [r["step"] for r in history] == [1, 2] and all("forget_loss" in r for r in history)
     assert any(not torch.equal(p, b) for p, b in zip(pipeline.unet.parameters(), before))
-    with pytest.raises(UserError, match="or esd"):
+    with pytest.raises(UserError, match="method.name: unknown method 'esdx'; choose one of .*, esd"):
         ddpm_class.user_method({"method": {"name": "esdx"}})
     for bad in (0, -1.0, "strong", True):
         with pytest.raises(UserError, match="negative_guidance"):

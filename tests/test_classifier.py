@@ -1,23 +1,16 @@
-"""Classifier family: splits, relabelling, masks/objectives from the core, models, and `erase classifier`."""
+"""Classifier family: splits, relabelling, models, and `erase classifier` (its methods: test_methods.py)."""
 
 import json
 
 import pytest
 import torch
-from torch.utils.data import TensorDataset
 
 from erase.cli import main
-from erase.core.baselines import method_spec
-from erase.core.sfron import SFRonConfig
 from erase.families.classifier import (
     DigitCNN,
-    batches,
     build_classifier,
     class_forget_split,
-    cross_entropy_loss,
-    forget_objective,
     load_classifier,
-    method_mask,
     random_forget_split,
     random_other_labels,
     save_classifier,
@@ -54,43 +47,6 @@ def test_random_labels_are_always_another_class():
     assert not torch.any(relabelled == labels)
     assert relabelled.min() >= 0 and relabelled.max() <= 9
     assert len(relabelled.unique()) == 10
-
-
-def _tiny_problem():
-    torch.manual_seed(0)
-    model = DigitCNN(num_classes=3, width=4)
-    images, labels = torch.randn(24, 1, 8, 8), torch.randint(0, 3, (24,))
-    forget = batches(TensorDataset(images[:8], labels[:8]), 4, seed=0)
-    remain = batches(TensorDataset(images[8:], labels[8:]), 4, seed=1)
-    return model, forget, remain
-
-
-def test_methods_take_their_objective_and_mask_from_the_core():
-    model, forget, remain = _tiny_problem()
-    config = SFRonConfig(gamma=1.0)
-    names = dict(model.named_parameters())
-    for method in ("sfron", "ga", "rl", "salun", "ft"):
-        spec = method_spec(method)
-        objective = forget_objective(spec, config, 3)
-        mask, _ = method_mask(spec, model, forget, remain, config, salun_fraction=0.25)
-        assert (objective is None) == (method == "ft")
-        assert (mask is None) == (method in ("ga", "rl", "ft"))
-        if mask is not None:
-            assert set(mask) == set(names) and all(mask[n].shape == names[n].shape for n in mask)
-        if method == "salun":
-            kept = sum(int(m.sum()) for m in mask.values()) / sum(m.numel() for m in mask.values())
-            assert kept == pytest.approx(0.25, abs=0.01)
-    batch = next(iter(forget))
-    ascent, reported = forget_objective(method_spec("ga"), config, 3)(model, batch)
-    assert ascent.item() == pytest.approx(-cross_entropy_loss(model, batch).mean().item(), rel=1e-5)
-    assert reported.item() == pytest.approx(cross_entropy_loss(model, batch).mean().item(), rel=1e-5)
-
-
-def test_sfron_mask_is_the_fisher_ratio():
-    model, forget, remain = _tiny_problem()
-    strict, (fisher_f, fisher_r) = method_mask(method_spec("sfron"), model, forget, remain, SFRonConfig(gamma=3.0))
-    for name in strict:
-        assert torch.equal(strict[name], (fisher_f[name] + 1e-15) / (fisher_r[name] + 1e-15) >= 3.0)
 
 
 @pytest.mark.parametrize("arch", ["digit-cnn", "resnet18"])

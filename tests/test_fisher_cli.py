@@ -8,6 +8,7 @@ from safetensors import safe_open
 
 from erase.cli import main
 from erase.core.fisher import load_fisher
+from erase.core.methods import method_spec
 from erase.core.saliency import load_mask, mask_stats, saliency_mask
 from erase.data.digits import load_digits_tensors
 from erase.families import ddpm
@@ -49,9 +50,10 @@ def test_fisher_matches_the_workflow_and_mask_matches_the_core(recipe_path, tmp_
     (fi, fl), (ri, rl) = ddpm.class_split(images, labels, FORGET_CLASS)
     unet = pipeline.unet.requires_grad_(True)
     reference_dir = tmp_path / "run"
-    ddpm_class.build_mask(
-        "fisher", recipe, unet, ddpm.epsilon_loss(pipeline.scheduler), ddpm.batches(fi, fl, 16, config.seed),
+    ddpm_class.class_mask(
+        method_spec("sfron"), recipe, unet, ddpm.epsilon_loss(pipeline.scheduler), ddpm.batches(fi, fl, 16, config.seed),
         ddpm.batches(ri, rl, 16, config.seed + 1), config, reference_dir,
+        {"forget_class": FORGET_CLASS, "data": recipe["data"]}, show_progress=False,
     )
     expected_forget = load_fisher(reference_dir / "fisher_forget.safetensors")
     expected_remain = load_fisher(reference_dir / "fisher_remain.safetensors")
@@ -61,6 +63,8 @@ def test_fisher_matches_the_workflow_and_mask_matches_the_core(recipe_path, tmp_
         assert torch.equal(forget[name], expected_forget[name]), name
         assert torch.equal(remain[name], expected_remain[name]), name
     assert any(t.abs().sum() > 0 for t in forget.values())
+    # Same key: `erase run --set fisher.reuse=true --out DIR` reads these diagonals back.
+    assert info["key"] == json.loads((reference_dir / "fisher.json").read_text())["key"]
 
     capsys.readouterr()
     mask_path = tmp_path / "mask.safetensors"

@@ -15,9 +15,6 @@ from pathlib import Path
 
 from erase.commands.common import non_negative_int, positive_float, positive_int
 
-FORGET_FILE = "fisher_forget.safetensors"
-REMAIN_FILE = "fisher_remain.safetensors"
-
 
 def register(subparsers) -> None:
     fisher = subparsers.add_parser(
@@ -44,8 +41,8 @@ def run_fisher(args) -> int:
     import torch
     from accelerate import Accelerator
 
-    from erase.core.fisher import fisher_diagonal, save_fisher
-    from erase.core.io import atomic_write_json
+    from erase.core.fisher import fisher_diagonal
+    from erase.core.methods import FisherCache
     from erase.errors import UserError
     from erase.families import ddpm
     from erase.recipes import apply_overrides, load_recipe
@@ -88,8 +85,9 @@ def run_fisher(args) -> int:
     )
     seconds = time.perf_counter() - started
     if accelerator.is_main_process:
-        save_fisher(fisher_forget, out_dir / FORGET_FILE)
-        save_fisher(fisher_remain, out_dir / REMAIN_FILE)
+        # The key `erase run --set fisher.reuse=true` checks before it reads the diagonals back.
+        data = {"forget_class": forget_class, "data": recipe.get("data", {})}
+        key = ddpm_class.fisher_key(unet, data, num_batches, config.seed)
         weights = sum(t.numel() for t in fisher_forget.values())
         info = {
             "model": recipe["model"].get("path") or "random_init", "forgotten_class": forget_class,
@@ -97,7 +95,7 @@ def run_fisher(args) -> int:
             "processes": accelerator.num_processes, "seed": config.seed, "weights": weights,
             "seconds": round(seconds, 2),
         }
-        atomic_write_json(info, out_dir / "fisher.json")
+        FisherCache(out_dir, key).save(fisher_forget, fisher_remain, info)
         print(f"Fisher diagonals of {weights:,} weights over {used['forget']} forget + {used['remain']} remain batches "
               f"({accelerator.num_processes} process(es), {seconds:.1f} s) -> {out_dir}")
     accelerator.wait_for_everyone()
@@ -133,6 +131,7 @@ def run_mask(args) -> int:
     from safetensors import SafetensorError
 
     from erase.core.fisher import load_fisher
+    from erase.core.methods import FORGET_FILE, REMAIN_FILE
     from erase.core.saliency import saliency_mask, save_mask
     from erase.errors import UserError
 

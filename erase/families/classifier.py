@@ -1,9 +1,9 @@
 """Classifier family: any torch.nn.Module classifier, with per-sample cross-entropy.
 
 Holds what unlearning a classifier needs from the family — the loss, forget/remain splits (a
-seeded random subset, or a whole class), the random-label transform of RL/SalUn, the objective
-and mask a method uses (built from erase/core, never re-implemented), batched probabilities for
-the metrics — plus the models: the small digits CNN (also the bundled judge of generated digits
+seeded random subset, or a whole class), the random-label transform of RL/SalUn (the objective and
+mask a method uses come from erase/core/methods.py), batched probabilities for the metrics — plus
+the models: the small digits CNN (also the bundled judge of generated digits
 and the features for FID on digits) and torchvision's ResNet-18.
 """
 
@@ -16,10 +16,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from erase.core.baselines import MethodSpec
-from erase.core.fisher import fisher_diagonal, gradient_sum
-from erase.core.losses import ascent_objective, descent_objective
-from erase.core.saliency import gradient_saliency_mask, saliency_mask
 from erase.core.sfron import SFRonConfig, unlearn
 
 ARCHITECTURES = ("digit-cnn", "resnet18")
@@ -204,47 +200,7 @@ def probabilities(model: nn.Module, dataset: Dataset, batch_size: int = 512) -> 
     return torch.cat(probs), torch.cat(labels)
 
 
-# --- methods: the objective and the mask, from the core ------------------------------------------
-
-
-def forget_objective(spec: MethodSpec, config: SFRonConfig, num_classes: int):
-    """Adaptive GA (SFR-on), plain GA, descent on randomly relabelled forget data (RL, SalUn), or none (FT)."""
-    if spec.forget is None:
-        return None
-    if spec.forget == "ascent":
-        return ascent_objective(cross_entropy_loss, config.temperature if spec.adaptive else 0.0)
-    return descent_objective(cross_entropy_loss, random_other_labels(num_classes, config.seed))
-
-
-def method_mask(
-    spec: MethodSpec,
-    model: nn.Module,
-    forget_batches,
-    remain_batches,
-    config: SFRonConfig,
-    fisher_batches: int | None = None,
-    salun_fraction: float = 0.5,
-    fisher: tuple[dict, dict] | None = None,
-):
-    """The method's mask: SFR-on's Fisher-balanced saliency (F_f/F_r ≥ γ), SalUn's top-k |∇L_f|, or None.
-
-    Returns (mask, (F_f, F_r) or None) so callers can cache the Fisher diagonals.
-    """
-    if spec.mask is None:
-        return None, None
-    if spec.mask == "gradient":
-        gradients = gradient_sum(model, cross_entropy_loss, forget_batches,
-                                 num_batches=fisher_batches, show_progress=False)
-        return gradient_saliency_mask(gradients, salun_fraction), None
-    if fisher is None:
-        torch.manual_seed(config.seed)
-        fisher = (
-            fisher_diagonal(model, cross_entropy_loss, forget_batches, num_batches=fisher_batches,
-                            desc="fisher (forget)", show_progress=False),
-            fisher_diagonal(model, cross_entropy_loss, remain_batches, num_batches=fisher_batches,
-                            desc="fisher (remain)", show_progress=False),
-        )
-    return saliency_mask(fisher[0], fisher[1], config.gamma), fisher
+# --- training ------------------------------------------------------------------------------------
 
 
 def fit(model: nn.Module, train_batches, config: SFRonConfig, show_progress: bool = True) -> nn.Module:

@@ -8,7 +8,7 @@ through the core loop with remain steps only); [method] name; [sfron] (SFRonConf
 batches (0: one full pass), salun_fraction; [per_method.NAME] overrides of [sfron] for one method
 (settings tuned per method); [eval] retrain, retrained (path), mia_feature, seed; [output] dir.
 
-Every method runs through `erase.core.sfron.unlearn`; `erase.core.baselines.method_spec` says which
+Every method runs through `erase.core.sfron.unlearn`; `erase.core.methods` turns its name into the
 objective and mask it uses, and only those differ.
 """
 
@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
 
-from erase.core.baselines import METHODS, method_spec
+from erase.core.methods import METHODS, forget_objective, method_mask, method_spec
 from erase.core.io import atomic_write_json, atomic_write_text
 from erase.core.saliency import mask_stats, save_mask
 from erase.core.sfron import SFRonConfig, unlearn
@@ -168,10 +168,10 @@ def run_method(setup: Setup, method: str, config: SFRonConfig, show_progress: bo
     started = time.perf_counter()
     forget_batches = family.batches(setup.forget_set, setup.batch_size, config.seed)
     remain_batches = family.batches(setup.remain_set, setup.batch_size, config.seed + 1)
-    mask, _ = family.method_mask(
-        spec, model, forget_batches, remain_batches, config, setup.fisher_batches, setup.salun_fraction
-    )
-    objective = family.forget_objective(spec, config, setup.num_classes)
+    mask, _ = method_mask(spec, model, family.cross_entropy_loss, forget_batches, remain_batches, config.gamma,
+                          setup.fisher_batches, setup.salun_fraction, seed=config.seed, show_progress=False)
+    relabel = family.random_other_labels(setup.num_classes, config.seed)
+    objective = forget_objective(spec, family.cross_entropy_loss, config.temperature, relabel=relabel)
     history = unlearn(
         model, objective, family.cross_entropy_loss, forget_batches, remain_batches, config, mask=mask,
         show_progress=show_progress,

@@ -13,16 +13,17 @@ from pathlib import Path
 
 import torch
 
-from erase.core.baselines import ESD, method_spec
-from erase.core.fisher import fisher_diagonal, gradient_sum, load_fisher, save_fisher
 from erase.core.io import atomic_directory
-from erase.core.losses import ascent_objective, descent_objective
-from erase.core.saliency import (
-    gradient_saliency_mask,
-    mask_stats,
-    saliency_mask,
-    save_mask,
+from erase.core.methods import (
+    ESD,
+    METHODS,
+    FisherCache,
+    forget_objective,
+    method_mask,
+    method_spec,
+    weights_fingerprint,
 )
+from erase.core.saliency import mask_stats, save_mask
 from erase.core.sfron import SFRonConfig, unlearn
 from erase.data.digits import load_digits_tensors, to_uint8
 from erase.errors import UserError
@@ -91,16 +92,19 @@ def resolve_output(recipe: dict) -> Path:
     return out_dir
 
 
+# The shared METHODS, and ESD: DDPM and DiT have the null class it needs.
+CLASS_METHODS = (*METHODS, "esd")
+
+
 def user_method(recipe: dict):
-    """The recipe's method: one of the shared METHODS, or ESD (DDPM and DiT have the null class it needs)."""
-    name = recipe.get("method", {}).get("name", "sfron")
-    if name == "esd":
-        negative_guidance(recipe)  # a bad value stops the run before anything is computed
-        return ESD
+    """The recipe's method.name as a spec; a bad name or ESD setting stops the run before any work."""
     try:
-        return method_spec(name)
+        spec = method_spec(recipe.get("method", {}).get("name", "sfron"), CLASS_METHODS)
     except ValueError as error:
-        raise UserError(f"{error} or esd") from None
+        raise UserError(f"method.name: {error}") from None
+    if spec is ESD:
+        negative_guidance(recipe)
+    return spec
 
 
 def sfron_config(recipe: dict) -> SFRonConfig:
@@ -153,56 +157,41 @@ def erase_class(recipe, pipeline, spec, config, forget_class: int, work_dir: Pat
 
     unet.requires_grad_(True)
     started = time.perf_counter()
-    mask = build_mask(spec.mask, recipe, unet, loss_fn, forget_batches, remain_batches, config, work_dir)
+    mask = class_mask(spec, recipe, unet, loss_fn, forget_batches, remain_batches, config, work_dir,
+                      {"forget_class": forget_class, "data": recipe.get("data", {})}, show_progress)
     mask_seconds = time.perf_counter() - started
+    descent = None
     if spec is ESD:
-        objective = esd_objective(recipe, unet, scheduler)
-    else:
-        objective = forget_objective(spec, loss_fn, config, forget_class, pipeline.num_classes, scheduler)
+        descent = esd_loss(recipe, unet, scheduler)
+    elif spec.forget == "descent":
+        descent = ddpm.class_mapping_loss(scheduler, pipeline.num_classes)
+    objective = forget_objective(spec, loss_fn, config.temperature, descent)
     history = unlearn(unet, objective, loss_fn, forget_batches, remain_batches, config, mask=mask,
                       on_step=on_step, show_progress=show_progress)
     unet.requires_grad_(False)
     return mask, history, mask_seconds
 
 
-def build_mask(kind, recipe, unet, loss_fn, forget_batches, remain_batches, config, out_dir):
-    """The method's mask: Fisher-balanced saliency (cached Fisher), SalUn gradient top-k, or none."""
-    if kind is None:
-        return None
+def class_mask(spec, recipe, model, loss_fn, forget_batches, remain_batches, config, out_dir: Path, data: dict,
+               show_progress: bool = True):
+    """The method's mask (erase.core.methods), saved in OUT; the Fisher is cached in OUT under a key of
+    the trained weights, `data` (the forgotten class and data settings), batches and seed, so
+    `fisher.reuse` reads back only diagonals computed for this very run (e.g. by `erase fisher`)."""
     fisher_cfg = recipe.get("fisher", {})
-    num_batches = int(fisher_cfg.get("batches", 8))
-    if kind == "gradient":
-        gradients = gradient_sum(unet, loss_fn, forget_batches, num_batches=num_batches)
-        return gradient_saliency_mask(gradients, float(fisher_cfg.get("salun_fraction", 0.5)))
-    forget_path, remain_path = out_dir / "fisher_forget.safetensors", out_dir / "fisher_remain.safetensors"
-    if fisher_cfg.get("reuse", False) and forget_path.exists() and remain_path.exists():
-        fisher_forget, fisher_remain = load_fisher(forget_path), load_fisher(remain_path)
-    else:
-        torch.manual_seed(config.seed)
-        fisher_forget = fisher_diagonal(unet, loss_fn, forget_batches, num_batches=num_batches, desc="fisher (forget)")
-        fisher_remain = fisher_diagonal(unet, loss_fn, remain_batches, num_batches=num_batches, desc="fisher (remain)")
-        save_fisher(fisher_forget, forget_path)
-        save_fisher(fisher_remain, remain_path)
-    mask = saliency_mask(fisher_forget, fisher_remain, config.gamma)
-    save_mask(mask, out_dir / "mask.safetensors", metadata={"gamma": str(config.gamma)})
+    cache = FisherCache(out_dir, fisher_key(model, data, int(fisher_cfg.get("batches", 8)), config.seed),
+                        reuse=bool(fisher_cfg.get("reuse", False)))
+    mask, _ = method_mask(spec, model, loss_fn, forget_batches, remain_batches, config.gamma,
+                          fisher_batches=int(fisher_cfg.get("batches", 8)),
+                          salun_fraction=float(fisher_cfg.get("salun_fraction", 0.5)), seed=config.seed, cache=cache,
+                          show_progress=show_progress)
+    if mask is not None:
+        save_mask(mask, out_dir / "mask.safetensors", metadata={"method": spec.name, "gamma": str(config.gamma)})
     return mask
 
 
-def forget_objective(spec, loss_fn, config, forget_class: int, num_classes: int, scheduler=None):
-    """Ascent (SFR-on's adaptive loss, or plain GA), or RL / SalUn's class mapping (descent)."""
-    if spec.forget is None:
-        return None
-    if spec.forget == "ascent":
-        return ascent_objective(loss_fn, config.temperature if spec.adaptive else 0.0)
-    if scheduler is not None:
-        return descent_objective(ddpm.class_mapping_loss(scheduler, num_classes))
-
-    def relabel(batch):  # families without a mapping loss (DiT): train forget images under other labels
-        images, labels = batch
-        shift = torch.randint(1, num_classes, labels.shape, device=labels.device)
-        return images, (labels + shift) % num_classes
-
-    return descent_objective(loss_fn, relabel)
+def fisher_key(model, data: dict, batches: int, seed: int) -> dict:
+    """What a class workflow's Fisher diagonals are computed from (`erase fisher` writes the same key)."""
+    return {"weights": weights_fingerprint(model), **data, "batches": batches, "seed": seed}
 
 
 def negative_guidance(recipe: dict) -> float:
@@ -213,11 +202,11 @@ def negative_guidance(recipe: dict) -> float:
     return float(value)
 
 
-def esd_objective(recipe: dict, unet, scheduler):
-    """ESD: descent towards a frozen copy's negatively guided prediction, the model's null class as ∅."""
+def esd_loss(recipe: dict, unet, scheduler):
+    """ESD's loss: towards a frozen copy's negatively guided prediction, the model's null class as ∅."""
     teacher = copy.deepcopy(unet).requires_grad_(False).eval()
     null_class = unet.config.num_class_embeds - 1
-    return descent_objective(ddpm.class_esd_loss(scheduler, teacher, null_class, negative_guidance(recipe)))
+    return ddpm.class_esd_loss(scheduler, teacher, null_class, negative_guidance(recipe))
 
 
 def make_evaluator(recipe: dict, num_classes: int, forget_class: int):

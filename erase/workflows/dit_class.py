@@ -22,12 +22,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from erase.core.baselines import ESD
 from erase.core.io import (
     atomic_directory,
     atomic_save_tensors,
 )
-from erase.core.losses import descent_objective
+from erase.core.methods import ESD, forget_objective
 from erase.core.saliency import mask_stats
 from erase.core.sfron import unlearn
 from erase.errors import UserError
@@ -35,8 +34,7 @@ from erase.eval.report import format_table, save_grid, save_loss_plot
 from erase.eval.verdict import verdict
 from erase.families import ddpm, dit
 from erase.workflows.ddpm_class import (
-    build_mask,
-    forget_objective,
+    class_mask,
     negative_guidance,
     resolve_output,
     sfron_config,
@@ -74,13 +72,15 @@ def run(recipe: dict, show_progress: bool = True) -> dict:
     transformer.requires_grad_(True)
     dropout = dit.set_label_dropout(transformer, 0.0)  # always condition on the real class
     try:
-        mask = build_mask(spec.mask, recipe, transformer, loss_fn, forget_batches, remain_batches, config, out_dir)
+        data = {k: v for k, v in recipe.get("data", {}).items() if k != "reuse_latents"}
+        mask = class_mask(spec, recipe, transformer, loss_fn, forget_batches, remain_batches, config, out_dir,
+                          {"forget_class": forget_class, "data": data}, show_progress)
         stats = mask_stats(mask) if mask is not None else None
+        descent = None
         if spec is ESD:  # the frozen copy is taken now: the original weights, label dropout off
             teacher = copy.deepcopy(transformer).requires_grad_(False).eval()
-            objective = descent_objective(dit.class_esd_loss(pipeline.scheduler, teacher, negative_guidance(recipe)))
-        else:
-            objective = forget_objective(spec, loss_fn, config, forget_class, dit.NULL_CLASS)
+            descent = dit.class_esd_loss(pipeline.scheduler, teacher, negative_guidance(recipe))
+        objective = forget_objective(spec, loss_fn, config.temperature, descent, relabel=other_classes)
         history = unlearn(transformer, objective, loss_fn, forget_batches, remain_batches, config, mask=mask,
                           show_progress=show_progress)
     finally:
@@ -112,6 +112,13 @@ def run(recipe: dict, show_progress: bool = True) -> dict:
     }
     write_run_records(out_dir, metrics, stats, recipe)
     return metrics
+
+
+def other_classes(batch):
+    """RL/SalUn on DiT (no class-mapping loss): train the forget latents under uniformly drawn other labels."""
+    latents, labels = batch
+    shift = torch.randint(1, dit.NULL_CLASS, labels.shape, device=labels.device)
+    return latents, (labels + shift) % dit.NULL_CLASS
 
 
 def make_evaluator(recipe: dict, pipeline, forget_class: int):

@@ -26,16 +26,17 @@ import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader, TensorDataset
 
-from erase.core.baselines import ESD, method_spec
-from erase.core.fisher import fisher_diagonal, gradient_sum, load_fisher, save_fisher
 from erase.core.io import atomic_write_json
-from erase.core.losses import ascent_objective, descent_objective
-from erase.core.saliency import (
-    gradient_saliency_mask,
-    mask_stats,
-    saliency_mask,
-    save_mask,
+from erase.core.methods import (
+    ESD,
+    FisherCache,
+    forget_objective,
+    method_mask,
+    method_spec,
+    weights_fingerprint,
+    with_forget_loss,
 )
+from erase.core.saliency import mask_stats, save_mask
 from erase.core.sfron import SFRonConfig, unlearn
 from erase.data.prompts import expand_prompts, prompt_rows, read_prompts
 from erase.errors import UserError
@@ -47,7 +48,6 @@ from erase.recipes import resolve_path
 from erase.workflows.records import write_run_records
 
 METHODS = ("sfron", "ga", "rl", "salun", "esd")
-FORGET_LOSSES = ("mapping", "ascent", "adaptive")
 DEFAULT_FORGET_LOSS = {"sfron": "mapping", "rl": "mapping", "salun": "mapping", "ga": "ascent"}
 # SD defaults (official SFR-on SD script): Adam lr 1e-5, forget/remain weight 1, no decay.
 SFRON_DEFAULTS = dict(steps=1000, lr=1e-5, forget_alpha=1.0, remain_alpha=1.0, decay_forget_alpha=False, grad_clip=1.0)
@@ -98,7 +98,7 @@ def run(recipe: dict, show_progress: bool = True) -> dict:
     eps_loss = sd.epsilon_loss(pipeline.scheduler)
     mask = build_mask(settings, unet, eps_loss, forget_batches, remain_batches, accelerator, out_dir, show_progress)
     stats = mask_stats(mask) if mask is not None else None
-    objective = forget_objective(settings, unet, pipeline.scheduler, eps_loss, table[""])
+    objective = concept_objective(settings, unet, pipeline.scheduler, eps_loss, table[""])
     hooks = confine_to_mask(unet, mask) if settings.confine_to_mask else []
     if settings.gradient_checkpointing:  # less activation memory for larger batches; same result
         unet.enable_gradient_checkpointing()
@@ -160,12 +160,16 @@ class Settings:
         local = resolve_path(self.model)
         self.model = str(local) if local.exists() else self.model
         self.method = method.get("name", "sfron")
-        if self.method not in METHODS:
-            raise UserError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
-        self.spec = ESD if self.method == "esd" else method_spec(self.method)
-        self.forget_loss = "esd" if self.method == "esd" else method.get("forget_loss", DEFAULT_FORGET_LOSS[self.method])
-        if self.method != "esd" and self.forget_loss not in FORGET_LOSSES:
-            raise UserError(f"forget_loss must be one of {', '.join(FORGET_LOSSES)}, got {self.forget_loss!r}")
+        try:
+            self.spec = method_spec(self.method, METHODS)
+        except ValueError as error:
+            raise UserError(f"method.name: {error}") from None
+        self.forget_loss = "esd" if self.spec is ESD else method.get("forget_loss", DEFAULT_FORGET_LOSS[self.method])
+        if self.spec is not ESD:
+            try:
+                self.spec = with_forget_loss(self.spec, self.forget_loss)
+            except ValueError as error:
+                raise UserError(f"method.{error}") from None
         self.train = method.get("train", "full")
         if self.train not in sd.TRAIN_SELECTIONS:
             raise UserError(f"train must be one of {', '.join(sd.TRAIN_SELECTIONS)}, got {self.train!r}")
@@ -276,58 +280,38 @@ def cached_images(pipeline, settings: Settings, rows, folder: Path, show_progres
 
 
 def build_mask(settings: Settings, unet, eps_loss, forget_batches, remain_batches, accelerator, out_dir: Path, show_progress):
-    """Fisher-balanced saliency (Fisher cached and reused), SalUn gradient top-k, or no mask."""
-    kind = settings.spec.mask
-    if kind is None:
-        return None
+    """The method's mask (erase.core.methods), saved in OUT; the Fisher is cached there under its key."""
     fisher_cfg = settings.fisher
     num_batches = int(fisher_cfg.get("batches", 500))
-    torch.manual_seed(settings.config.seed)
-    if kind == "gradient":
-        gradients = gradient_sum(unet, eps_loss, _on_device(forget_batches, accelerator), accelerator=accelerator,
-                                 num_batches=num_batches, show_progress=show_progress)
-        return gradient_saliency_mask(gradients, float(fisher_cfg.get("salun_fraction", 0.5)))
-    key = _fisher_key(settings, num_batches)
-    forget_path, remain_path = out_dir / "fisher_forget.safetensors", out_dir / "fisher_remain.safetensors"
-    key_path = out_dir / "fisher.json"
-    reusable = key_path.is_file() and json.loads(key_path.read_text()) == key and forget_path.is_file() and remain_path.is_file()
-    if fisher_cfg.get("reuse", True) and reusable:
-        fisher_forget, fisher_remain = load_fisher(forget_path), load_fisher(remain_path)
-    else:
-        fisher_forget = fisher_diagonal(unet, eps_loss, _on_device(forget_batches, accelerator), accelerator=accelerator,
-                                        num_batches=num_batches, desc="fisher (forget)", show_progress=show_progress)
-        fisher_remain = fisher_diagonal(unet, eps_loss, _on_device(remain_batches, accelerator), accelerator=accelerator,
-                                        num_batches=num_batches, desc="fisher (remain)", show_progress=show_progress)
-        save_fisher(fisher_forget, forget_path)
-        save_fisher(fisher_remain, remain_path)
-        atomic_write_json(key, key_path)
-    mask = saliency_mask(fisher_forget, fisher_remain, settings.config.gamma)
-    save_mask(mask, out_dir / "mask.safetensors", metadata={"gamma": str(settings.config.gamma)})
+    cache = FisherCache(out_dir, _fisher_key(settings, unet, num_batches), reuse=bool(fisher_cfg.get("reuse", True)))
+    mask, _ = method_mask(settings.spec, unet, eps_loss, forget_batches, remain_batches, settings.config.gamma,
+                          fisher_batches=num_batches, salun_fraction=float(fisher_cfg.get("salun_fraction", 0.5)),
+                          seed=settings.config.seed, cache=cache, accelerator=accelerator, show_progress=show_progress)
+    if mask is not None:
+        save_mask(mask, out_dir / "mask.safetensors", metadata={"method": settings.method, "gamma": str(settings.config.gamma)})
     return mask
 
 
-def _fisher_key(settings: Settings, num_batches: int) -> dict:
-    """What the cached Fisher depends on: model, data, trained part, batches, seed."""
+def _fisher_key(settings: Settings, unet, num_batches: int) -> dict:
+    """What the cached Fisher depends on: the trained weights (and which), the data, batches, seed, precision."""
     rows = json.dumps([[r.prompt, r.seed] for r in settings.forget_rows + settings.remain_rows])
-    return {"model": settings.model, "data": hashlib.sha256(rows.encode()).hexdigest(), "train": settings.train,
-            "batches": num_batches, "batch_size": settings.batch_size, "seed": settings.config.seed,
-            "height": settings.height, "width": settings.width}
+    return {"weights": weights_fingerprint(unet), "model": settings.model, "train": settings.train,
+            "data": hashlib.sha256(rows.encode()).hexdigest(), "guidance": settings.guidance,
+            "inference_steps": settings.inference_steps, "batches": num_batches, "batch_size": settings.batch_size,
+            "seed": settings.config.seed, "height": settings.height, "width": settings.width,
+            "mixed_precision": settings.config.mixed_precision}
 
 
-def _on_device(batches, accelerator):
-    for batch in batches:
-        yield [t.to(accelerator.device) for t in batch]
-
-
-def forget_objective(settings: Settings, unet, scheduler, eps_loss, null_embedding):
-    """The forget step's objective: concept mapping (descent), (adaptive) ascent, or ESD's target."""
-    if settings.method == "esd":
+def concept_objective(settings: Settings, unet, scheduler, eps_loss, null_embedding):
+    """The forget step's objective (erase.core.methods): concept mapping to the anchor, (adaptive) ascent,
+    or ESD's negatively guided target from a frozen copy."""
+    descent = None
+    if settings.spec is ESD:
         teacher = copy.deepcopy(unet).requires_grad_(False).eval()
-        return descent_objective(sd.esd_loss(scheduler, teacher, null_embedding.unsqueeze(0), settings.negative_guidance))
-    if settings.forget_loss == "mapping":
-        return descent_objective(sd.mapping_loss(scheduler))
-    temperature = settings.config.temperature if settings.forget_loss == "adaptive" else 0.0
-    return ascent_objective(eps_loss, temperature)
+        descent = sd.esd_loss(scheduler, teacher, null_embedding.unsqueeze(0), settings.negative_guidance)
+    elif settings.spec.forget == "descent":
+        descent = sd.mapping_loss(scheduler)
+    return forget_objective(settings.spec, eps_loss, settings.config.temperature, descent)
 
 
 def confine_to_mask(unet, mask) -> list:
