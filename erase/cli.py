@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "erase.commands.generate",
     "erase.commands.sd",
     "erase.commands.patch",
+    "erase.commands.export",
     "erase.commands.fisher",
 ]
 

@@ -6,6 +6,7 @@ Options fill in the recipe pipelines/sd-v1-4-nudity.toml; `--set key=value` reac
 from __future__ import annotations
 
 from erase.commands.common import add_mixed_precision, positive_float, positive_int
+from erase.commands.export import lora_rank
 
 DEFAULT_RECIPE = "pipelines/sd-v1-4-nudity.toml"
 
@@ -41,6 +42,9 @@ def register(subparsers) -> None:
     parser.set_defaults(mixed_precision=None)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override any recipe value, e.g. --set sfron.forget_alpha=2 (repeatable)")
+    parser.add_argument("--export-lora", type=lora_rank, default=False, metavar="R",
+                        help="also write DIR/lora-rR.safetensors: the erasure as a rank-R LoRA adapter "
+                             "(R or 'full'; see erase export lora)")
     parser.set_defaults(func=run_sd)
 
 
@@ -87,4 +91,13 @@ def build_recipe(args) -> dict:
 def run_sd(args) -> int:
     from erase.commands.run import run_recipe
 
-    return run_recipe(build_recipe(args))
+    recipe = build_recipe(args)
+    code = run_recipe(recipe)
+    if args.export_lora is not False:
+        from accelerate import PartialState
+
+        from erase.lora import export_lora, summary
+
+        if PartialState().is_main_process:  # only the main process writes the run folder
+            print(summary(export_lora(recipe["output"]["dir"], args.export_lora)))
+    return code
