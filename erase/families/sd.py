@@ -26,7 +26,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from erase.core.io import atomic_directory
+from erase.core.io import atomic_directory, atomic_file
 from erase.data.prompts import PromptRow
 from erase.errors import UserError
 from erase.families.diffusion import guided_away, noised, per_sample_mse
@@ -286,6 +286,9 @@ def generate_images(
     todo = [(batch, flags) for batch, flags in zip(batches, missing) if any(flags)]
     skipped = len(items) - sum(sum(flags) for flags in missing)
     state = PartialState()
+    # Every process takes its list before any writes: a process that lists late would see fewer
+    # missing images, split another list, and leave some images to nobody.
+    state.wait_for_everyone()
     with state.split_between_processes(todo) as mine:
         mine = list(mine)
     written = 0
@@ -330,9 +333,8 @@ def _batches_by_guidance(items, batch_size: int, guidance, default):
 
 
 def _save_png_atomic(image, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        image.save(tmp, format="PNG")
 
 
 # --------------------------------------------------------------------------- export
