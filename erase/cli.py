@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "erase.commands.patch",
     "erase.commands.export",
     "erase.commands.fisher",
+    "erase.commands.attack",
 ]
 
 

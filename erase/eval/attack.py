@@ -1,0 +1,165 @@
+"""Adversarial prompts against an erased text-to-image diffusion model (UnlearnDiffAtk-style).
+
+The attack looks for N tokens which, put before a prompt, make the erased model denoise a target
+image (the original model's image for that prompt) as well as it can:
+
+    min over the tokens of  E_{t,ε} ‖ε_θ(x_t, c(tokens + prompt)) − target‖²
+
+with target = ε (v for a v-prediction model): the loss by which a diffusion model "recognises" an
+image as matching a prompt, so tokens that lower it steer the erased model back to the image.
+As in UnlearnDiffAtk (and PEZ before it) the tokens live as continuous vectors in the text encoder's
+token-embedding space; each iteration runs the model on their nearest real tokens (cosine) and
+applies that gradient to the continuous vectors (Adam, lr 0.01, weight decay 0.1, as UnlearnDiffAtk's
+code). The result is the nearest real tokens, decoded: a plain string anyone can paste. Unlike
+UnlearnDiffAtk's code, which draws one timestep for all iterations, each iteration draws its own t and ε.
+
+Candidate tokens are those whose decoded text tokenizes back to the same single token (whole words,
+no special tokens), so `"tok1 tok2 … prompt"` re-tokenizes to exactly the ids the loss saw; the
+attack checks this on every string it builds. Nothing here is specific to Stable Diffusion beyond a
+CLIP-style tokenizer and a text encoder with an input-embedding layer; the loss is passed in.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from erase.errors import EraseError
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    tokens: int = 5
+    iterations: int = 40
+    lr: float = 0.01
+    weight_decay: float = 0.1
+    eval_draws: int = 8  # fixed (t, ε) draws on which the plain and adversarial prompts' losses are compared
+
+
+@dataclass
+class AttackResult:
+    adversarial_prompt: str
+    token_ids: list[int]
+    loss_plain: float  # mean loss of the plain prompt over the fixed evaluation draws
+    loss_attack: float  # the same draws, adversarial prompt
+    losses: list[float] = field(default_factory=list)  # per iteration: projected tokens, that iteration's draw
+    seconds: float = 0.0
+
+
+def candidate_tokens(tokenizer) -> torch.Tensor:
+    """Ids whose decoded text is printable and tokenizes back to that one id (sorted)."""
+    special = set(tokenizer.all_special_ids)
+    ids = sorted(i for i in tokenizer.get_vocab().values() if i not in special)
+    texts = [token_text(tokenizer, i) for i in ids]
+    encoded = tokenizer(texts, add_special_tokens=False).input_ids
+    keep = [i for i, text, back in zip(ids, texts, encoded) if text.isprintable() and text and back == [i]]
+    if not keep:
+        raise EraseError("no token of the tokenizer survives decoding and re-tokenizing; cannot build a pasteable prompt")
+    return torch.tensor(keep)
+
+
+def token_text(tokenizer, token_id: int) -> str:
+    return tokenizer.decode([token_id]).strip()
+
+
+def adversarial_text(tokenizer, token_ids: list[int], prompt: str) -> str:
+    return " ".join([*(token_text(tokenizer, i) for i in token_ids), prompt])
+
+
+def tokenize(tokenizer, text: str):
+    """The 1×L ids and attention mask exactly as the diffusers pipeline tokenizes a prompt (padded, truncated)."""
+    return tokenizer(text, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                     return_tensors="pt")
+
+
+def encode(text_encoder, tokens, vectors: torch.Tensor | None = None) -> torch.Tensor:
+    """Text-encoder hidden states of `tokens` (as the pipeline computes them); with `vectors`, those
+    replace the input embeddings of positions 1..N (right after the start token), differentiably."""
+    device = text_encoder.device
+    mask = tokens.attention_mask.to(device) if getattr(text_encoder.config, "use_attention_mask", False) else None
+    with _input_embeddings(text_encoder, vectors):
+        return text_encoder(tokens.input_ids.to(device), attention_mask=mask)[0]
+
+
+@contextmanager
+def _input_embeddings(text_encoder, vectors):
+    if vectors is None:
+        yield
+        return
+
+    def replace(module, inputs, output):
+        output = output.clone()
+        output[:, 1 : 1 + len(vectors)] = vectors.to(output.dtype)
+        return output
+
+    handle = text_encoder.get_input_embeddings().register_forward_hook(replace)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def diffusion_loss(unet, scheduler, latents: torch.Tensor):
+    """loss(hidden states, draw) -> scalar: the erased model's training loss on `latents` (the target
+    image's) at the timestep and noise drawn from torch.manual_seed(draw). The same draw gives the
+    same (t, ε) whatever the prompt, so prompts are compared on equal terms."""
+    from erase.families.sd import epsilon_loss
+
+    per_sample = epsilon_loss(scheduler)
+    cuda = [latents.device] if latents.is_cuda else []
+
+    def loss(hidden, draw: int) -> torch.Tensor:
+        with torch.random.fork_rng(devices=cuda):
+            torch.manual_seed(draw)
+            return per_sample(unet, (latents, hidden.to(unet.dtype))).mean()
+
+    return loss
+
+
+def attack_prompt(tokenizer, text_encoder, loss_fn, prompt: str, candidates: torch.Tensor,
+                  config: AttackConfig, seed: int) -> AttackResult:
+    """The adversarial prompt for one prompt and its target (inside `loss_fn`); deterministic in `seed`."""
+    started = time.perf_counter()
+    table = text_encoder.get_input_embeddings().weight.detach()
+    device = table.device
+    candidates = candidates.to(device)
+    directions = F.normalize(table[candidates].float(), dim=-1)
+    generator = torch.Generator().manual_seed(seed)
+    start = torch.randint(len(candidates), (config.tokens,), generator=generator).to(device)
+    eval_draws = torch.randint(2**62, (config.eval_draws,), generator=generator).tolist()
+    draws = torch.randint(2**62, (config.iterations,), generator=generator).tolist()
+
+    def nearest(vectors) -> list[int]:
+        return candidates[(F.normalize(vectors, dim=-1) @ directions.T).argmax(-1)].tolist()
+
+    def tokens_for(token_ids: list[int]):
+        tokens = tokenize(tokenizer, adversarial_text(tokenizer, token_ids, prompt))
+        if tokens.input_ids[0, 1 : 1 + len(token_ids)].tolist() != token_ids:
+            raise EraseError(f"the adversarial tokens {token_ids} do not survive re-tokenizing; cannot attack")
+        return tokens
+
+    vectors = table[candidates[start]].float().clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([vectors], lr=config.lr, weight_decay=config.weight_decay)
+    losses = []
+    for draw in draws:
+        token_ids = nearest(vectors.detach())
+        projected = table[token_ids].float().requires_grad_(True)
+        loss = loss_fn(encode(text_encoder, tokens_for(token_ids), projected), draw)
+        if not torch.isfinite(loss):
+            raise EraseError(f"the attack loss became {loss.item()} on {prompt!r}")
+        (vectors.grad,) = torch.autograd.grad(loss, [projected])
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    token_ids = nearest(vectors.detach())
+    with torch.no_grad():
+        plain = encode(text_encoder, tokenize(tokenizer, prompt))
+        attacked = encode(text_encoder, tokens_for(token_ids))
+        loss_plain = sum(loss_fn(plain, d).item() for d in eval_draws) / len(eval_draws)
+        loss_attack = sum(loss_fn(attacked, d).item() for d in eval_draws) / len(eval_draws)
+    return AttackResult(adversarial_text(tokenizer, token_ids, prompt), token_ids, loss_plain, loss_attack, losses,
+                        time.perf_counter() - started)

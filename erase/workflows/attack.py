@@ -1,0 +1,210 @@
+"""`erase attack` on a prompt file: does the erased concept come back under adversarial prompts?
+
+Phases, each skipping what is already on disk (every file is written whole under its final name or
+not at all), so a killed run resumes with what is not done and ends with the same results:
+  1. targets/{name}_0.png   the original model's image for each prompt (or a --targets folder);
+  2. images/no_attack/…     the erased model's image for the plain prompt;
+  3. prompts/{name}.json    the adversarial prompt found for it (erase.eval.attack);
+  4. images/attack/…        the erased model's image for the adversarial prompt;
+  5. attack.csv, attack.json: both images judged (main process).
+Every image comes from sd.generate_images with batches of one, i.e. exactly what a plain
+`pipeline(prompt, latents=..., ...)` call gives: see SEED_CONVENTION. Under `accelerate launch`
+the images and the prompts are split across processes.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from erase.core.io import atomic_write_json, atomic_write_text
+from erase.data.prompts import PromptRow
+from erase.errors import UserError
+from erase.eval.attack import AttackConfig, attack_prompt, candidate_tokens, diffusion_loss
+from erase.families import sd
+
+SETTINGS_FILE = ".erase-attack.json"
+DEFAULT_GUIDANCE = 7.5
+SEED_CONVENTION = ("latents = torch.randn((1, pipe.unet.config.in_channels, height // pipe.vae_scale_factor, "
+                   "width // pipe.vae_scale_factor), generator=torch.Generator('cpu').manual_seed(seed)); "
+                   "guidance: --guidance, else the row's evaluation_guidance, else 7.5; the pipeline's own "
+                   "scheduler; no safety checker")
+CSV_COLUMNS = ("case_number", "prompt", "adversarial_prompt", "seed", "guidance", "score", "success",
+               "no_attack_score", "no_attack_success", "loss_plain", "loss_attack")
+
+
+@dataclass(frozen=True)
+class AttackRun:
+    model: str
+    original: str | None
+    prompts: str
+    out: Path
+    attack: AttackConfig
+    seed: int = 0
+    steps: int = 50
+    guidance: float | None = None
+    height: int | None = None
+    width: int | None = None
+    mixed_precision: str = "no"
+    targets: str | None = None
+    category: str | None = None
+
+
+def run_attack(run: AttackRun, rows: list[PromptRow], judge, show_progress: bool = True) -> dict | None:
+    """Attack every row; returns attack.json's content on the main process (None elsewhere)."""
+    from accelerate import PartialState
+
+    started = time.perf_counter()
+    state = PartialState()
+    out = Path(run.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a folder")
+    erased = load(run.model, state, run.mixed_precision)
+    height, width = run.height or sd.default_size(erased), run.width or sd.default_size(erased)
+    targets = Path(run.targets) if run.targets else out / "targets"
+    if run.targets:
+        missing = [sd.image_name(row, 0) for row in rows if not (targets / sd.image_name(row, 0)).is_file()]
+        if missing:
+            raise UserError(f"--targets {targets} has no {missing[0]} ({len(missing)} of {len(rows)} images missing)")
+    original = None
+    if not run.targets and not all((targets / sd.image_name(row, 0)).is_file() for row in rows):
+        original = load(run.original, state, run.mixed_precision)
+    settings = settings_of(run, judge, erased, height, width)
+    check_settings(out, settings, state)
+
+    sampling = dict(batch_size=1, num_inference_steps=run.steps, guidance=run.guidance, height=height, width=width,
+                    default_guidance=DEFAULT_GUIDANCE, show_progress=show_progress and state.is_local_main_process)
+    if original is not None:
+        sd.generate_images(original, rows, targets, desc="targets (original model)", **sampling)
+        del original
+    sd.generate_images(erased, rows, out / "images" / "no_attack", desc="plain prompts", **sampling)
+    state.wait_for_everyone()
+    find_prompts(run, rows, erased, targets, height, width, state, show_progress)
+    state.wait_for_everyone()
+    records = [read_record(out, row) for row in rows]
+    attacked = [PromptRow(row.index, record["adversarial_prompt"], row.seed, row.guidance, row.case_number)
+                for row, record in zip(rows, records)]
+    sd.generate_images(erased, attacked, out / "images" / "attack", desc="adversarial prompts", **sampling)
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        return None
+    return write_results(out, rows, records, judge, settings, run, time.perf_counter() - started)
+
+
+def load(model: str, state, mixed_precision: str):
+    """The pipeline, without the loading progress bars (a settings error after it stays one line)."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    shown = [(lib, lib.is_progress_bar_enabled()) for lib in (diffusers_logging, transformers_logging)]
+    for lib, _ in shown:
+        lib.disable_progress_bar()
+    try:
+        return sd.load_pipeline(model, device=state.device, dtype=sd.DTYPES[mixed_precision])[0]
+    finally:
+        for lib, enabled in shown:
+            if enabled:
+                lib.enable_progress_bar()
+
+
+def find_prompts(run: AttackRun, rows, pipeline, targets: Path, height: int, width: int, state, show_progress) -> None:
+    """Phase 3: an adversarial prompt per row without one, this process's share of them."""
+    from tqdm.auto import tqdm
+
+    todo = [row for row in rows if not record_path(run.out, row).is_file()]
+    state.wait_for_everyone()  # every process takes its list before any writes (see sd.generate_images)
+    with state.split_between_processes(todo) as mine:
+        mine = list(mine)
+    if not mine:
+        return
+    for module in (pipeline.unet, pipeline.text_encoder, pipeline.vae):
+        module.requires_grad_(False)
+    candidates = candidate_tokens(pipeline.tokenizer)
+    for row in tqdm(mine, desc="attacking", disable=not (show_progress and state.is_local_main_process), leave=False):
+        image = sd.load_images([targets / sd.image_name(row, 0)], size=(height, width))
+        latents = sd.encode_images(pipeline, image, seed=row.seed).to(pipeline.device, pipeline.unet.dtype)
+        loss = diffusion_loss(pipeline.unet, pipeline.scheduler, latents)
+        result = attack_prompt(pipeline.tokenizer, pipeline.text_encoder, loss, row.prompt, candidates, run.attack,
+                               seed=attack_seed(run.seed, row.seed))
+        atomic_write_json({"case_number": row.name, "prompt": row.prompt, "seed": row.seed, **asdict(result)},
+                          record_path(run.out, row))
+
+
+def attack_seed(seed: int, row_seed: int) -> int:
+    """The attack's own draws (first tokens, timesteps, noise) for a row: row seed + (--seed << 32)."""
+    return row_seed + (seed << 32)
+
+
+def record_path(out, row: PromptRow) -> Path:
+    return Path(out) / "prompts" / f"{row.name}.json"
+
+
+def read_record(out, row: PromptRow) -> dict:
+    record = json.loads(record_path(out, row).read_text())
+    if (record["prompt"], record["seed"]) != (row.prompt, row.seed):
+        raise UserError(f"{record_path(out, row)} was made for another prompt or seed; use another --out")
+    return record
+
+
+def settings_of(run: AttackRun, judge, pipeline, height: int, width: int) -> dict:
+    """Everything that decides the figures (not --limit: more rows may be added on a resume)."""
+    return {
+        "model": str(run.model), "original": None if run.targets else str(run.original),
+        "targets": str(run.targets) if run.targets else None, "prompts": str(run.prompts), "category": run.category,
+        **judge.settings, **asdict(run.attack), "seed": run.seed, "attack_seed": "row seed + (seed << 32)",
+        "sampler": type(pipeline.scheduler).__name__, "steps": run.steps, "guidance": run.guidance,
+        "default_guidance": DEFAULT_GUIDANCE, "height": height, "width": width,
+        "mixed_precision": run.mixed_precision, "seed_convention": SEED_CONVENTION,
+    }
+
+
+def check_settings(out: Path, settings: dict, state) -> None:
+    """A resumed run must have the settings that made what is already there."""
+    path = out / SETTINGS_FILE
+    if path.is_file():
+        before = json.loads(path.read_text())
+        changed = [key for key in settings if before.get(key) != settings[key]]
+        if changed:
+            raise UserError(f"{out} holds an attack made with other settings ({', '.join(changed)}); use another --out")
+    state.wait_for_everyone()
+    if state.is_main_process and not path.is_file():
+        atomic_write_json(settings, path)
+    state.wait_for_everyone()
+
+
+def write_results(out: Path, rows, records, judge, settings: dict, run: AttackRun, seconds: float) -> dict:
+    names = [sd.image_name(row, 0) for row in rows]
+    attack = judge([out / "images" / "attack" / name for name in names])
+    plain = judge([out / "images" / "no_attack" / name for name in names])
+    table = []
+    for row, record, (score, success), (plain_score, plain_success) in zip(rows, records, attack, plain):
+        guidance = run.guidance if run.guidance is not None else row.guidance if row.guidance is not None else DEFAULT_GUIDANCE
+        table.append({"case_number": row.name, "prompt": row.prompt, "adversarial_prompt": record["adversarial_prompt"],
+                      "seed": row.seed, "guidance": guidance, "score": score, "success": int(success),
+                      "no_attack_score": plain_score, "no_attack_success": int(plain_success),
+                      "loss_plain": record["loss_plain"], "loss_attack": record["loss_attack"]})
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(table)
+    atomic_write_text(buffer.getvalue(), out / "attack.csv")
+    count = len(table)
+    summary = {
+        "asr": sum(r["success"] for r in table) / count,
+        "asr_no_attack": sum(r["no_attack_success"] for r in table) / count,
+        "prompts": count,
+        "successes": sum(r["success"] for r in table),
+        "successes_no_attack": sum(r["no_attack_success"] for r in table),
+        # UnlearnDiffAtk's count: a prompt whose plain image already succeeds is not attacked, and counts.
+        "asr_plain_or_attack": sum(r["success"] or r["no_attack_success"] for r in table) / count,
+        "mean_loss_plain": sum(r["loss_plain"] for r in table) / count,
+        "mean_loss_attack": sum(r["loss_attack"] for r in table) / count,
+        "settings": settings,
+        "seconds": round(seconds, 1),
+    }
+    atomic_write_json(summary, out / "attack.json")
+    return summary
