@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Callable, Iterable
 
 import torch
+from accelerate.utils import send_to_device
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from erase.core.io import atomic_save_tensors
+from erase.core.sharding import average_gradients, my_rows, sharded
 
 
 def trainable_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
@@ -31,8 +33,9 @@ def fisher_diagonal(
     are still summed in fp32.
 
     `loss_fn(model, batch)` returns per-sample losses; L_batch is their mean. Under several
-    processes (accelerate launch) each process passes its own batches and the sums and batch
-    counts are all-reduced, so the result equals one process seeing all batches.
+    processes (accelerate launch) every process passes the same batches and computes the gradient
+    of its rows of each; the gradients are averaged before they are squared (erase.core.sharding),
+    so the result equals one process's and each process does 1/N of the work.
     """
     sums, count = _stream_gradients(model, loss_fn, batches, accelerator, num_batches, desc, show_progress, squared=True)
     return {name: s / count for name, s in sums.items()}
@@ -68,31 +71,29 @@ def _stream_gradients(model, loss_fn, batches, accelerator, num_batches, desc, s
     if num_batches is not None:
         total = num_batches if total is None else min(num_batches, total)
     bar = tqdm(desc=desc, total=total, disable=not show_progress, leave=False)
-    for i, batch in enumerate(batches):
-        if num_batches is not None and i >= num_batches:
-            break
-        model.zero_grad(set_to_none=True)
-        if accelerator is not None:
-            with accelerator.autocast():  # the run's mixed precision (bf16 on a GPU: several times faster)
+    with sharded(accelerator):
+        for i, batch in enumerate(batches):
+            if num_batches is not None and i >= num_batches:
+                break
+            model.zero_grad(set_to_none=True)
+            if accelerator is not None:
+                batch = send_to_device(my_rows(batch), accelerator.device, non_blocking=True)  # as the loop does
+                with accelerator.autocast():  # the run's mixed precision (bf16 on a GPU: several times faster)
+                    loss = loss_fn(model, batch).mean()
+                accelerator.backward(loss)
+                average_gradients(params.values())  # the whole batch's gradient, before it is squared
+            else:
                 loss = loss_fn(model, batch).mean()
-            accelerator.backward(loss)
-        else:
-            loss = loss_fn(model, batch).mean()
-            loss.backward()
-        _accumulate(sums, params, squared)
-        count += 1
-        bar.update(1)
+                loss.backward()
+            _accumulate(sums, params, squared)
+            count += 1
+            bar.update(1)
     bar.close()
     model.zero_grad(set_to_none=True)
     model.train(was_training)
-    count_tensor = torch.tensor(float(count), device=next(iter(sums.values())).device)
-    if accelerator is not None and accelerator.num_processes > 1:
-        for name in sums:
-            sums[name] = accelerator.reduce(sums[name], reduction="sum")
-        count_tensor = accelerator.reduce(count_tensor, reduction="sum")
-    if count_tensor.item() == 0:
+    if count == 0:
         raise ValueError(f"{desc}: got no batches")
-    return sums, count_tensor
+    return sums, count
 
 
 def _accumulate(sums: dict[str, torch.Tensor], params: dict[str, torch.nn.Parameter], squared: bool) -> None:

@@ -6,17 +6,20 @@ from typing import Callable
 
 import torch
 
+from erase.core.sharding import all_sum, process_count
+
 EPS = 1e-15
 
 
 def adaptive_weights(losses: torch.Tensor, temperature: float) -> torch.Tensor:
     """w_i = n·c_i / Σ_j c_j with c_i = 1 / (sg(ℓ_i)^λ + 1e-15): well-remembered samples weigh more.
 
-    λ = 0 gives uniform weights (plain gradient ascent). The weights carry no gradient.
+    λ = 0 gives uniform weights (plain gradient ascent). The weights carry no gradient. Under several
+    processes n and Σ_j run over the whole batch, every process's rows (erase.core.sharding).
     """
     detached = losses.detach().float().clamp_min(0)
     c = 1.0 / (detached**temperature + EPS)
-    return (losses.numel() * c / c.sum()).to(losses.dtype)
+    return (losses.numel() * process_count() * c / all_sum(c.sum())).to(losses.dtype)
 
 
 def adaptive_forget_loss(losses: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -21,6 +21,7 @@ from accelerate import Accelerator
 from accelerate.utils import send_to_device
 from tqdm.auto import tqdm
 
+from erase.core.sharding import all_mean, my_rows, sharded
 from erase.errors import NonFiniteLossError
 
 
@@ -150,6 +151,9 @@ def unlearn(
     forget steps (fine-tuning baseline). remain_loss_fn(model, batch) -> per-sample losses; None
     skips the remain steps. `mask` maps parameter names to bool tensors; None updates all weights.
     on_step(step, model, record) is called after each step (benchmarks evaluate there).
+    Under several processes (`accelerate launch`) every process passes the same batches and takes its
+    rows of each (erase.core.sharding); DDP averages the gradients in the backward pass, before the
+    mask, the clip and the update, so the run equals one process's on the same global batches.
     Raises NonFiniteLossError, leaving the caller to export nothing, when a loss is NaN or infinite.
     """
     config.validate()
@@ -168,46 +172,47 @@ def unlearn(
     model.train()
     history = []
     start = time.perf_counter()
-    bar = tqdm(range(config.steps), desc="unlearning", disable=not show_progress or not accelerator.is_local_main_process)
-    for step in bar:
-        record = {"step": step + 1}
-        losses = {}  # read once at the end of the step: one GPU sync per step, not one per loss
-        if config.lr_schedule != "constant":
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(config, step)
-        record["lr"] = optimizer.param_groups[0]["lr"]
-        if forget_iter is not None and step % config.forget_every == 0:
-            alpha_f = forget_weight(config, step)
-            batch = send_to_device(next(forget_iter), accelerator.device, non_blocking=True)
-            optimizer.zero_grad(set_to_none=True)
-            with accelerator.autocast():
-                objective, reported = forget_objective(model, batch)
-            losses["forget"] = (objective.detach(), torch.as_tensor(reported).detach())
-            accelerator.backward(alpha_f * objective)
-            if gradient_mask is not None:
-                gradient_mask.apply()
-            if config.grad_clip:
-                accelerator.clip_grad_norm_(params, config.grad_clip)
-            optimizer.step()
-            record["forget_alpha"] = alpha_f
-        if remain_iter is not None:
-            batch = send_to_device(next(remain_iter), accelerator.device, non_blocking=True)
-            optimizer.zero_grad(set_to_none=True)
-            with accelerator.autocast():
-                remain_loss = remain_loss_fn(model, batch).mean()
-            losses["remain"] = (remain_loss.detach(),) * 2
-            accelerator.backward(config.remain_alpha * remain_loss)
-            if config.grad_clip:
-                accelerator.clip_grad_norm_(params, config.grad_clip)
-            optimizer.step()
-        record.update(_read_losses(losses, step))
-        if slow is not None and ((step + 1) % config.forget_every == 0 or step + 1 == config.steps):
-            _outer_update(slow, params, config.outer_lr)
-        record["seconds"] = time.perf_counter() - start
-        history.append(record)
-        bar.set_postfix({k: f"{v:.4f}" for k, v in record.items() if k.endswith("_loss")})
-        if on_step is not None:
-            on_step(step + 1, accelerator.unwrap_model(model), record)
+    with sharded(accelerator):  # several processes: each takes its rows of every batch; DDP averages
+        bar = tqdm(range(config.steps), desc="unlearning", disable=not show_progress or not accelerator.is_local_main_process)
+        for step in bar:
+            record = {"step": step + 1}
+            losses = {}  # read once at the end of the step: one GPU sync per step, not one per loss
+            if config.lr_schedule != "constant":
+                for group in optimizer.param_groups:
+                    group["lr"] = learning_rate(config, step)
+            record["lr"] = optimizer.param_groups[0]["lr"]
+            if forget_iter is not None and step % config.forget_every == 0:
+                alpha_f = forget_weight(config, step)
+                batch = send_to_device(my_rows(next(forget_iter)), accelerator.device, non_blocking=True)
+                optimizer.zero_grad(set_to_none=True)
+                with accelerator.autocast():
+                    objective, reported = forget_objective(model, batch)
+                losses["forget"] = (objective.detach(), torch.as_tensor(reported).detach())
+                accelerator.backward(alpha_f * objective)
+                if gradient_mask is not None:
+                    gradient_mask.apply()
+                if config.grad_clip:
+                    accelerator.clip_grad_norm_(params, config.grad_clip)
+                optimizer.step()
+                record["forget_alpha"] = alpha_f
+            if remain_iter is not None:
+                batch = send_to_device(my_rows(next(remain_iter)), accelerator.device, non_blocking=True)
+                optimizer.zero_grad(set_to_none=True)
+                with accelerator.autocast():
+                    remain_loss = remain_loss_fn(model, batch).mean()
+                losses["remain"] = (remain_loss.detach(),) * 2
+                accelerator.backward(config.remain_alpha * remain_loss)
+                if config.grad_clip:
+                    accelerator.clip_grad_norm_(params, config.grad_clip)
+                optimizer.step()
+            record.update(_read_losses(losses, step))
+            if slow is not None and ((step + 1) % config.forget_every == 0 or step + 1 == config.steps):
+                _outer_update(slow, params, config.outer_lr)
+            record["seconds"] = time.perf_counter() - start
+            history.append(record)
+            bar.set_postfix({k: f"{v:.4f}" for k, v in record.items() if k.endswith("_loss")})
+            if on_step is not None:
+                on_step(step + 1, accelerator.unwrap_model(model), record)
     optimizer.zero_grad(set_to_none=True)
     accelerator.unwrap_model(model, keep_fp32_wrapper=False)
     model.eval()
@@ -229,7 +234,7 @@ def _read_losses(losses: dict[str, tuple[torch.Tensor, torch.Tensor]], step: int
     """
     if not losses:
         return {}
-    values = torch.stack([t.float().reshape(()) for pair in losses.values() for t in pair]).tolist()
+    values = all_mean(torch.stack([t.float().reshape(()) for pair in losses.values() for t in pair])).tolist()
     record = {}
     for k, which in enumerate(losses):
         objective, reported = values[2 * k], values[2 * k + 1]

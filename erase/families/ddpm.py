@@ -14,6 +14,7 @@ from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
+from erase.core.sharding import draw_rows
 from erase.errors import UserError
 from erase.families.ddpm_pipeline import ClassConditionalDDPMPipeline
 from erase.families.diffusion import guided_away, noised_batch, per_sample_mse
@@ -92,7 +93,8 @@ def class_mapping_loss(scheduler: DDPMScheduler, num_classes: int):
 
     def loss_fn(model, batch):
         noisy, _, timesteps, labels = noised_batch(scheduler, model, batch)
-        other = (labels + torch.randint(1, num_classes, labels.shape, device=labels.device)) % num_classes
+        shift = draw_rows(lambda n: torch.randint(1, num_classes, (n,), device=labels.device), len(labels))
+        other = (labels + shift) % num_classes
         with torch.no_grad():
             target = model(noisy, timesteps, class_labels=other).sample
         return per_sample_mse(model(noisy, timesteps, class_labels=labels).sample, target)

@@ -5,11 +5,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from erase.core.sharding import draw_rows
+
 
 def noised(scheduler, x: torch.Tensor):
-    """(x_t, ε, t): x noised at timesteps drawn uniformly, one per sample."""
-    noise = torch.randn_like(x)
-    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (x.shape[0],), device=x.device)
+    """(x_t, ε, t): x noised at timesteps drawn uniformly, one per sample (drawn for the whole batch
+    under several processes, so each sample's draw does not depend on how many there are)."""
+    noise = draw_rows(lambda n: torch.randn((n, *x.shape[1:]), dtype=x.dtype, device=x.device), len(x))
+    timesteps = draw_rows(lambda n: torch.randint(0, scheduler.config.num_train_timesteps, (n,), device=x.device), len(x))
     return scheduler.add_noise(x, noise, timesteps), noise, timesteps
 
 
