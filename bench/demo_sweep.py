@@ -30,12 +30,12 @@ from erase.workflows import ddpm_class
 
 def erase_digit(recipe: dict, work_dir: Path):
     """The erase half of ddpm_class.run, step for step (same seeds): returns (pipeline, mask fraction)."""
-    forget_class = int(recipe["forget"]["class"])
-    spec = ddpm_class.user_method(recipe)
-    config = ddpm_class.sfron_config(recipe)
+    settings = ddpm_class.read(recipe)
+    config = settings.sfron
     torch.manual_seed(config.seed)
     pipeline = ddpm.load_or_build_pipeline(recipe["model"])
-    mask, _, _ = ddpm_class.erase_class(recipe, pipeline, spec, config, forget_class, work_dir, show_progress=False)
+    mask, _, _ = ddpm_class.erase_class(settings, pipeline, settings.method.spec, config, settings.forget.forget_class,
+                                        work_dir, show_progress=False)
     kept = sum(int(m.sum()) for m in mask.values()) / sum(m.numel() for m in mask.values()) if mask else 1.0
     return pipeline, kept
 
@@ -51,7 +51,7 @@ def cached_before(recipe: dict, cache_path: Path) -> dict:
     key = f"{recipe['forget']['class']}/{cfg['forget_samples']}/{cfg['samples_per_class']}/{cfg['inference_steps']}/{cfg['guidance']}/{cfg['seed']}"
     cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
     if key not in cache:
-        evaluator = ddpm_class.make_evaluator(recipe, 10, int(recipe["forget"]["class"]))
+        evaluator = ddpm_class.make_evaluator(ddpm_class.read(recipe), 10, int(recipe["forget"]["class"]))
         cache[key] = scores(evaluator.evaluate(ddpm.load_or_build_pipeline(recipe["model"]), "before"))
         cache_path.write_text(json.dumps(cache, indent=1))
     return cache[key]
@@ -76,7 +76,7 @@ def main() -> None:
         started = time.perf_counter()
         pipeline, kept = erase_digit(recipe, out / "work")
         erase_seconds = time.perf_counter() - started
-        after = scores(ddpm_class.make_evaluator(recipe, 10, k).evaluate(pipeline, "after"))
+        after = scores(ddpm_class.make_evaluator(ddpm_class.read(recipe), 10, k).evaluate(pipeline, "after"))
         drop = before["remaining_accuracy"] - after["remaining_accuracy"]
         ok = class_forgotten(after["fa"], after["remaining_accuracy"], before["remaining_accuracy"])
         passed += ok

@@ -50,14 +50,11 @@ def best_seconds(fn, repeats: int, warmup: int = 1) -> float:
 def fisher_vs_training(recipe: dict, repeats: int) -> dict:
     """Both Fisher diagonals as `erase run` computes them, and as many plain Adam steps on the same batches."""
     pipeline = ddpm.load_or_build_pipeline(recipe["model"])
-    config = ddpm_class.sfron_config(recipe)
-    images, labels = ddpm_class.training_data(recipe, pipeline)
-    forget_class = int(recipe["forget"]["class"])
-    (fi, fl), (ri, rl) = ddpm.class_split(images, labels, forget_class)
-    batch_size = int(recipe.get("data", {}).get("batch_size", 64))
-    num_batches = int(recipe.get("fisher", {}).get("batches", 8))
-    forget = list(ddpm.batches(fi, fl, batch_size, config.seed))[:num_batches]
-    remain = list(ddpm.batches(ri, rl, batch_size, config.seed + 1))[:num_batches]
+    settings = ddpm_class.read(recipe)
+    config, num_batches = settings.sfron, settings.fisher.batches
+    images, labels = ddpm_class.training_data(settings.data, pipeline)
+    forget, remain = ddpm_class.class_batches(settings.data, images, labels, settings.forget.forget_class, config.seed)
+    forget, remain = list(forget)[:num_batches], list(remain)[:num_batches]
     unet = pipeline.unet.requires_grad_(True)
     loss_fn = ddpm.epsilon_loss(pipeline.scheduler)
 
@@ -80,7 +77,7 @@ def fisher_vs_training(recipe: dict, repeats: int) -> dict:
     steps_s = best_seconds(training_steps, repeats)
     return {
         "batches": len(forget) + len(remain), "forget_batches": len(forget), "remain_batches": len(remain),
-        "batch_size": batch_size, "fisher_s": fisher_s, "steps_s": steps_s, "parameters": count(unet),
+        "batch_size": settings.data.batch_size, "fisher_s": fisher_s, "steps_s": steps_s, "parameters": count(unet),
     }
 
 

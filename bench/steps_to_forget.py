@@ -28,6 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from erase.core.io import atomic_write_json, atomic_write_text  # noqa: E402
+from erase.core.methods import method_spec  # noqa: E402
 from erase.core.saliency import mask_stats  # noqa: E402
 from erase.core.sfron import SFRonConfig  # noqa: E402
 from erase.eval.verdict import FA_TARGET, REMAINING_TOLERANCE, class_forgotten  # noqa: E402
@@ -117,7 +118,7 @@ def run_key(method: str, config: dict) -> str:
 
 def describe(run: dict, recipe: dict) -> str:
     """The hyper-parameters a run used, for the table."""
-    c, spec = run["config"], ddpm_class.user_method({"method": {"name": run["method"]}})
+    c, spec = run["config"], method_spec(run["method"], ddpm_class.CLASS_METHODS)
     schedule = f" cosine→0 over {c.get('steps', 50)}" if c.get("lr_schedule") == "cosine" else ""
     parts = [f"{c.get('optimizer', 'adam').capitalize()} lr {c.get('lr', 1e-4):g}{schedule}"]
     if spec.forget is not None:
@@ -150,7 +151,7 @@ def run_one(
     run: dict, recipe: dict, evaluator, schedule: tuple[int, int, int], work_dir: Path, show_progress: bool
 ) -> dict:
     """Erase with one method, evaluating on `schedule`; times exclude the evaluations."""
-    spec = ddpm_class.user_method({"method": {"name": run["method"]}})
+    spec = method_spec(run["method"], ddpm_class.CLASS_METHODS)
     config = SFRonConfig.from_dict(run["config"])
     forget_class = int(recipe["forget"]["class"])
     pipeline = ddpm.load_or_build_pipeline(recipe["model"])
@@ -169,7 +170,8 @@ def run_one(
               f"FID {point['fid']:.2f}  ({point['train_seconds']:.1f} s training)", flush=True)
 
     started = time.perf_counter()
-    mask, _, setup_seconds = ddpm_class.erase_class(recipe, pipeline, spec, config, forget_class, work_dir / run["key"],
+    mask, _, setup_seconds = ddpm_class.erase_class(ddpm_class.read(recipe), pipeline, spec, config, forget_class,
+                                                    work_dir / run["key"],
                                                     show_progress=show_progress, on_step=on_step)
     return {
         "run_seconds": time.perf_counter() - started,
@@ -338,7 +340,7 @@ def main(argv=None) -> int:
     args.forget_class = int(recipe["forget"]["class"])
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     for name in methods:
-        ddpm_class.user_method({"method": {"name": name}})  # an unknown name stops here, before any run
+        method_spec(name, ddpm_class.CLASS_METHODS)  # an unknown name stops here, before any run
     lrs = [float(v) for v in args.lrs.split(",")] if args.lrs else None
     runs = plan_runs(recipe, methods, args.budget, lrs, parse_lrs(args.lr), args.long_sfron)
     work_dir = Path(args.work_dir)
@@ -350,7 +352,7 @@ def main(argv=None) -> int:
     done = {run_key(r["method"], r["config"]): r for r in stored.get("results", [])}
 
     pipeline = ddpm.load_or_build_pipeline(recipe["model"])
-    evaluator = ddpm_class.make_evaluator(recipe, pipeline.num_classes, args.forget_class)
+    evaluator = ddpm_class.make_evaluator(ddpm_class.read(recipe), pipeline.num_classes, args.forget_class)
     started = time.perf_counter()
     before = stored.get("before") or evaluate(evaluator, pipeline)
     before_seconds = stored.get("before_seconds", time.perf_counter() - started)

@@ -51,12 +51,27 @@ def main(argv=None) -> int:
     try:
         result = args.func(args)
     except EraseError as error:
-        sys.stderr.write(f"erase: error: {error}\n")
+        sys.stderr.write(f"erase: error: {one_line(error)}\n")
         return error.exit_code
     except KeyboardInterrupt:
         sys.stderr.write("erase: interrupted\n")
         return 130
+    except OSError as error:  # a full disk, a vanished folder: the file it hit, no partial output (core/io.py)
+        where = f": {error.filename}" if error.filename else ""
+        sys.stderr.write(f"erase: error: {error.strerror or one_line(error)}{where}\n")
+        return 1
+    except Exception as error:  # a bug of ours: one line, the traceback only on request
+        if os.environ.get("ERASE_DEBUG"):
+            raise
+        sys.stderr.write(f"erase: internal error: {type(error).__name__}: {one_line(error)} "
+                         "(ERASE_DEBUG=1 shows the traceback)\n")
+        return 1
     return int(result or 0)
+
+
+def one_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
 
 
 if __name__ == "__main__":

@@ -7,12 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils.data import TensorDataset
 
 from erase.core.methods import METHODS, forget_objective, method_spec
 from erase.core.fisher import load_fisher
 from erase.core.saliency import mask_stats, saliency_mask
 from erase.core.sfron import SFRonConfig, unlearn
 from erase.data.digits import load_digits_tensors
+from erase.data.loader import loader
 from erase.errors import UserError
 from erase.families import ddpm
 from erase.workflows import ddpm_class
@@ -37,11 +39,11 @@ def test_each_method_runs_two_steps_on_a_tiny_ddpm(name, data, tmp_path):
     before = [p.detach().clone() for p in unet.parameters()]
     scheduler = ddpm.build_scheduler()
     loss_fn = ddpm.epsilon_loss(scheduler)
-    forget, remain = ddpm.batches(fi, fl, 16, 0), ddpm.batches(ri, rl, 16, 1)
+    forget, remain = loader(TensorDataset(fi, fl), 16, 0), loader(TensorDataset(ri, rl), 16, 1)
     settings = {**steps_to_forget.METHOD_SETTINGS[name], "steps": 2, "lr": 1e-3, "gamma": 1.0}
     config = SFRonConfig.from_dict(settings)
-    recipe = {"fisher": {"batches": 2, "salun_fraction": 0.5}}
-    mask = ddpm_class.class_mask(spec, recipe, unet, loss_fn, forget, remain, config, tmp_path,
+    fisher = ddpm_class.Fisher(batches=2, salun_fraction=0.5)
+    mask = ddpm_class.class_mask(spec, fisher, unet, loss_fn, forget, remain, config, tmp_path,
                                  {"forget_class": FORGET_CLASS}, show_progress=False)
     objective = forget_objective(spec, loss_fn, config.temperature, ddpm.class_mapping_loss(scheduler, 10))
     history = unlearn(unet, objective, loss_fn, forget, remain, config, mask=mask, show_progress=False)
@@ -151,17 +153,18 @@ def test_esd_runs_through_the_workflow_without_a_mask(tmp_path):
     pipeline = ddpm.random_pipeline("tiny")
     before = [p.detach().clone() for p in pipeline.unet.parameters()]
     recipe = {"method": {"name": "esd"}, "data": {"dataset": "digits", "batch_size": 16}}
-    spec = ddpm_class.user_method(recipe)
+    settings = ddpm_class.read(recipe)
+    spec = settings.method.spec
     config = SFRonConfig(steps=2, lr=1e-3, forget_alpha=1.0, decay_forget_alpha=False)
-    mask, history, _ = ddpm_class.erase_class(recipe, pipeline, spec, config, FORGET_CLASS, tmp_path, show_progress=False)
+    mask, history, _ = ddpm_class.erase_class(settings, pipeline, spec, config, FORGET_CLASS, tmp_path, show_progress=False)
     assert spec.name == "esd" and mask is None
     assert [r["step"] for r in history] == [1, 2] and all("forget_loss" in r for r in history)
     assert any(not torch.equal(p, b) for p, b in zip(pipeline.unet.parameters(), before))
-    with pytest.raises(UserError, match="method.name: unknown method 'esdx'; choose one of .*, esd"):
-        ddpm_class.user_method({"method": {"name": "esdx"}})
+    with pytest.raises(UserError, match="method.name must be one of .*, esd, got 'esdx'"):
+        ddpm_class.read({"method": {"name": "esdx"}})
     for bad in (0, -1.0, "strong", True):
         with pytest.raises(UserError, match="negative_guidance"):
-            ddpm_class.user_method({"method": {"name": "esd", "negative_guidance": bad}})
+            ddpm_class.read({"method": {"name": "esd", "negative_guidance": bad}})
 
 
 def test_reading_compares_with_the_best_baseline_and_with_ga_only_when_it_ran():

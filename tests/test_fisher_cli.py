@@ -1,6 +1,7 @@
 """`erase fisher` / `erase mask`: the cached Fisher equals the one `erase run` computes, the mask is the core's."""
 
 import json
+from dataclasses import asdict
 
 import pytest
 import torch
@@ -44,16 +45,16 @@ def test_fisher_matches_the_workflow_and_mask_matches_the_core(recipe_path, tmp_
 
     # What `erase run` computes for the same recipe (same loaders, same seed): identical tensors.
     recipe = load_recipe(recipe_path)
-    config = ddpm_class.sfron_config(recipe)
+    settings = ddpm_class.read(recipe)
+    config = settings.sfron
     pipeline = ddpm.load_pipeline(recipe["model"]["path"])
     images, labels = load_digits_tensors("train")
-    (fi, fl), (ri, rl) = ddpm.class_split(images, labels, FORGET_CLASS)
     unet = pipeline.unet.requires_grad_(True)
     reference_dir = tmp_path / "run"
     ddpm_class.class_mask(
-        method_spec("sfron"), recipe, unet, ddpm.epsilon_loss(pipeline.scheduler), ddpm.batches(fi, fl, 16, config.seed),
-        ddpm.batches(ri, rl, 16, config.seed + 1), config, reference_dir,
-        {"forget_class": FORGET_CLASS, "data": recipe["data"]}, show_progress=False,
+        method_spec("sfron"), settings.fisher, unet, ddpm.epsilon_loss(pipeline.scheduler),
+        *ddpm_class.class_batches(settings.data, images, labels, FORGET_CLASS, config.seed), config, reference_dir,
+        {"forget_class": FORGET_CLASS, "data": asdict(settings.data)}, show_progress=False,
     )
     expected_forget = load_fisher(reference_dir / "fisher_forget.safetensors")
     expected_remain = load_fisher(reference_dir / "fisher_remain.safetensors")

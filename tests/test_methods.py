@@ -99,17 +99,18 @@ def test_weights_fingerprint_tells_weights_and_trained_part_apart():
 def test_class_ddpm_fisher_reuse_recomputes_for_another_class(tmp_path):
     """fisher.reuse used to read back a cache made for another forgotten class without noticing."""
     pipeline = ddpm.random_pipeline("tiny")
-    recipe = {"data": {"dataset": "digits", "batch_size": 16}, "fisher": {"batches": 1, "reuse": True}}
+    recipe = {"data": {"dataset": "digits", "batch_size": 4}, "fisher": {"batches": 1, "reuse": True}}
     config = SFRonConfig(steps=1, gamma=1.0)
     loss_fn = ddpm.epsilon_loss(pipeline.scheduler)
     unet = pipeline.unet.requires_grad_(True)
     images, labels = torch.randn(64, 1, 8, 8), torch.arange(64) % 10
 
+    settings = ddpm_class.read(recipe)
+
     def fisher_of(forget_class):
-        (fi, fl), (ri, rl) = ddpm.class_split(images, labels, forget_class)
-        ddpm_class.class_mask(method_spec("sfron"), recipe, unet, loss_fn, ddpm.batches(fi, fl, 4, 0),
-                              ddpm.batches(ri, rl, 4, 1), config, tmp_path, {"forget_class": forget_class},
-                              show_progress=False)
+        forget, remain = ddpm_class.class_batches(settings.data, images, labels, forget_class, seed=0)
+        ddpm_class.class_mask(method_spec("sfron"), settings.fisher, unet, loss_fn, forget, remain, config, tmp_path,
+                              {"forget_class": forget_class}, show_progress=False)
         return FisherCache(tmp_path, json.loads((tmp_path / "fisher.json").read_text())["key"]).load()[0]
 
     three = fisher_of(3)

@@ -3,9 +3,10 @@
 `erase fisher RECIPE.toml --out DIR` computes the forget and remain Fisher diagonals of a
 class-conditional DDPM recipe with the same batches and seed as `erase run`, and saves
 DIR/fisher_forget.safetensors and DIR/fisher_remain.safetensors; `erase run RECIPE --out DIR
---set fisher.reuse=true` then skips the pass. Under `accelerate launch` the Fisher batches are
-dealt out across processes and the sums all-reduced. `erase mask --fisher-dir DIR --gamma G
---out FILE` turns the two diagonals into the bool mask for threshold γ and prints how much it keeps.
+--set fisher.reuse=true` then skips the pass. Under `accelerate launch` every Fisher batch is split
+across the processes (erase.core.sharding): the same diagonals, each process doing 1/N of the work.
+`erase mask --fisher-dir DIR --gamma G --out FILE` turns the two diagonals into the bool mask for
+threshold γ and prints how much it keeps.
 """
 
 from __future__ import annotations
@@ -41,52 +42,53 @@ def run_fisher(args) -> int:
     import torch
     from accelerate import Accelerator
 
+    from dataclasses import asdict
+
     from erase.core.fisher import fisher_diagonal
+    from erase.core.io import check_output_folder
     from erase.core.methods import FisherCache
     from erase.errors import UserError
     from erase.families import ddpm
     from erase.recipes import apply_overrides, load_recipe
     from erase.workflows import ddpm_class
 
-    recipe = apply_overrides(load_recipe(args.recipe), args.overrides)
+    recipe = load_recipe(args.recipe)
+    if args.batches is not None:  # flags fill the recipe; --set is applied last and wins
+        recipe.setdefault("fisher", {})["batches"] = args.batches
+    recipe = apply_overrides(recipe, args.overrides)
     key = (recipe.get("family"), recipe.get("task", "class"))
     if key != ("ddpm", "class"):
         raise UserError(f"erase fisher supports DDPM class recipes (family ddpm, task class), not {key[0]}/{key[1]}")
-    out_dir = Path(args.out)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"--out {out_dir} exists and is not a folder")
-    config = ddpm_class.sfron_config(recipe)
-    num_batches = args.batches or int(recipe.get("fisher", {}).get("batches", 8))
-    forget_class = int(recipe["forget"]["class"])
-    pipeline = ddpm.load_or_build_pipeline(recipe.get("model", {}))
+    settings = ddpm_class.read(recipe)
+    out_dir = check_output_folder(args.out, "--out")
+    config, num_batches, forget_class = settings.sfron, settings.fisher.batches, settings.forget.forget_class
+    if forget_class is None:
+        raise UserError("the recipe has no forget.class")
+    pipeline = ddpm.load_or_build_pipeline(asdict(settings.model))
     if not 0 <= forget_class < pipeline.num_classes:
         raise UserError(f"forget.class must be in [0, {pipeline.num_classes - 1}], got {forget_class}")
 
     accelerator = Accelerator(cpu=pipeline.device.type == "cpu")
     started = time.perf_counter()
-    images, labels = ddpm_class.training_data(recipe, pipeline)
-    (f_images, f_labels), (r_images, r_labels) = ddpm.class_split(images, labels, forget_class)
-    batch_size = int(recipe.get("data", {}).get("batch_size", 64))
+    images, labels = ddpm_class.training_data(settings.data, pipeline)
+    batch_size = settings.data.batch_size
     # Same loaders, seeds and order as the workflow, so a single process caches what `erase run` computes.
-    forget_batches = ddpm.batches(f_images, f_labels, batch_size, config.seed)
-    remain_batches = ddpm.batches(r_images, r_labels, batch_size, config.seed + 1)
+    forget_batches, remain_batches = ddpm_class.class_batches(settings.data, images, labels, forget_class, config.seed)
     unet = pipeline.unet.to(accelerator.device).requires_grad_(True)
     loss_fn = ddpm.epsilon_loss(pipeline.scheduler)
     used = {"forget": min(num_batches, len(forget_batches)), "remain": min(num_batches, len(remain_batches))}
-    torch.manual_seed(config.seed + accelerator.process_index)
+    torch.manual_seed(config.seed)  # as erase run seeds its Fisher pass
     show = accelerator.is_local_main_process
-    share_f = ProcessShare(forget_batches, used["forget"], accelerator)
-    share_r = ProcessShare(remain_batches, used["remain"], accelerator)
     fisher_forget = fisher_diagonal(
-        unet, loss_fn, share_f, accelerator, num_batches=len(share_f), desc="fisher (forget)", show_progress=show
+        unet, loss_fn, forget_batches, accelerator, num_batches=num_batches, desc="fisher (forget)", show_progress=show
     )
     fisher_remain = fisher_diagonal(
-        unet, loss_fn, share_r, accelerator, num_batches=len(share_r), desc="fisher (remain)", show_progress=show
+        unet, loss_fn, remain_batches, accelerator, num_batches=num_batches, desc="fisher (remain)", show_progress=show
     )
     seconds = time.perf_counter() - started
     if accelerator.is_main_process:
         # The key `erase run --set fisher.reuse=true` checks before it reads the diagonals back.
-        data = {"forget_class": forget_class, "data": recipe.get("data", {})}
+        data = {"forget_class": forget_class, "data": asdict(settings.data)}
         key = ddpm_class.fisher_key(unet, data, num_batches, config.seed)
         weights = sum(t.numel() for t in fisher_forget.values())
         info = {
@@ -100,31 +102,6 @@ def run_fisher(args) -> int:
               f"({accelerator.num_processes} process(es), {seconds:.1f} s) -> {out_dir}")
     accelerator.wait_for_everyone()
     return 0
-
-
-class ProcessShare:
-    """The first `num_batches` batches of a loader, dealt round-robin (batch i to process i mod N), on
-    this process's device. Re-iterable like the loader itself, so a single process sees exactly the
-    batches `erase run` sees."""
-
-    def __init__(self, batches, num_batches: int, accelerator):
-        self.batches, self.num_batches, self.accelerator = batches, num_batches, accelerator
-
-    def __len__(self) -> int:
-        return len(range(self.accelerator.process_index, self.num_batches, self.accelerator.num_processes))
-
-    def __iter__(self):
-        return self._deal(iter(self.batches))  # the loader's iterator starts now, as when iterating the loader
-
-    def _deal(self, batches):
-        from accelerate.utils import send_to_device
-
-        rank, world = self.accelerator.process_index, self.accelerator.num_processes
-        for i, batch in enumerate(batches):
-            if i >= self.num_batches:
-                return
-            if i % world == rank:
-                yield send_to_device(batch, self.accelerator.device)
 
 
 def run_mask(args) -> int:

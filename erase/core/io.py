@@ -1,39 +1,84 @@
-"""Atomic writes: outputs appear whole under their final name or not at all."""
+"""Outputs: written atomically (whole under their final name or not at all, no temporary file left
+behind when a write fails, e.g. on a full disk), and checked before any work starts."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
+from erase.errors import UserError
 
-def atomic_save_tensors(tensors: dict[str, torch.Tensor], path, metadata: dict[str, str] | None = None) -> None:
+
+@contextmanager
+def atomic_file(path):
+    """Yield a temporary sibling path; on success it replaces `path`, on any failure it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_save_tensors(tensors: dict[str, torch.Tensor], path, metadata: dict[str, str] | None = None) -> None:
+    with atomic_file(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
 
 
 def atomic_write_json(obj, path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
-    os.replace(tmp, path)
+    text = json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n"  # fails before any write
+    with atomic_file(path) as tmp:
+        tmp.write_text(text)
 
 
 def atomic_write_text(text: str, path) -> None:
+    with atomic_file(path) as tmp:
+        tmp.write_text(text)
+
+
+def check_output_folder(path, name: str) -> Path:
+    """A folder the run may write: an existing folder, or one that can be made (not under a file, not in a
+    read-only place). Checked before any work, so a bad output path costs nothing; `name` is the recipe
+    key or option the path came from. Nothing is created."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{name} {path} exists and is not a folder")
+    _check_writable(path, name)
+    return path
+
+
+def check_output_file(path, name: str) -> Path:
+    """A file the command may write (its folder exists or can be made); not a folder."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{name} {path} is a folder; give a file name")
+    _check_writable(path.parent, f"{name} {path}: its folder")
+    return path
+
+
+def _check_writable(folder: Path, name: str) -> None:
+    """Probe the folder, or its nearest existing ancestor, with a temporary file."""
+    existing = folder.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{name} {folder} cannot be created: {existing} is a file")
+    try:
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".erase-probe-")
+    except OSError as error:
+        raise UserError(f"{name} {folder} cannot be written: {existing}: {error.strerror}") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 @contextmanager
@@ -47,12 +92,12 @@ def atomic_directory(path):
     tmp.mkdir()
     try:
         yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if path.exists():
-        shutil.rmtree(path)
-    os.replace(tmp, path)
 
 
 def _json_default(obj):

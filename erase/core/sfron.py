@@ -58,20 +58,33 @@ class SFRonConfig:
         return asdict(self)
 
     def validate(self) -> None:
-        if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.forget_every < 1:
-            raise ValueError(f"forget_every must be >= 1, got {self.forget_every}")
-        if not 0 < self.outer_lr <= 1:
-            raise ValueError(f"outer_lr must be in (0, 1], got {self.outer_lr}")
+        """Every field finite and in its range; a ValueError that starts with the field's name."""
+        ranges = {  # name: (lowest, lowest allowed itself, highest, highest allowed itself)
+            "steps": (1, True, None, True), "forget_every": (1, True, None, True), "seed": (0, True, 2**63, False),
+            "lr": (0, False, None, True), "gamma": (0, False, None, True), "outer_lr": (0, False, 1, True),
+            "momentum": (0, True, 1, False), "weight_decay": (0, True, None, True), "forget_alpha": (0, True, None, True),
+            "remain_alpha": (0, True, None, True), "temperature": (0, True, None, True), "grad_clip": (0, True, None, True),
+        }
+        for name, (low, low_ok, high, high_ok) in ranges.items():
+            value = getattr(self, name)
+            if value is None and name == "grad_clip":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+            too_low = value < low or (value == low and not low_ok)
+            too_high = high is not None and (value > high or (value == high and not high_ok))
+            if too_low or too_high:
+                low_text = f"{'[' if low_ok else '('}{low:g}"
+                high_text = f"{high:g}{']' if high_ok else ')'}" if high is not None else "∞)"
+                raise ValueError(f"{name} must be in {low_text}, {high_text}, got {value!r}")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule must be constant or cosine, got {self.lr_schedule!r}")
         if self.optimizer not in ("adam", "adamw", "sgd"):
             raise ValueError(f"optimizer must be adam, adamw or sgd, got {self.optimizer!r}")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+        if self.mixed_precision == "fp16" and not torch.cuda.is_available():
+            raise ValueError("mixed_precision fp16 needs a GPU; use bf16 or no")
 
 
 def forget_weight(config: SFRonConfig, step: int) -> float:

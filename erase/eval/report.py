@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from erase.core.io import atomic_file
+
 
 def save_grid(images: torch.Tensor, path, nrow: int, scale: int = 4) -> None:
     """[-1, 1] float N×C×H×W images -> one PNG grid, `nrow` images per row, upscaled for viewing."""
@@ -43,11 +45,11 @@ def save_loss_plot(history: list[dict], path, title: str = "SFR-on losses") -> N
         ax.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        with atomic_file(path) as tmp:
+            fig.savefig(tmp, dpi=100, format=Path(path).suffix.lstrip(".") or "png")
+    finally:
+        plt.close(fig)
 
 
 def format_table(rows: list[tuple], header: tuple) -> str:
@@ -66,8 +68,5 @@ def _fmt(value) -> str:
 
 
 def _save_atomic(picture, path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    picture.save(tmp)
-    tmp.replace(path)
+    with atomic_file(path) as tmp:
+        picture.save(tmp, format=Path(path).suffix.lstrip(".").upper() or "PNG")

@@ -1,17 +1,19 @@
 """Forget one class of a class-conditional DDPM, evaluate before and after, export the erased model.
 
-Recipe sections used: [model] path; [forget] class; [data] dataset ("digits" or "generated"),
-batch_size, generated_per_class; [method] name; [sfron] (SFRonConfig fields); [fisher] batches;
-[eval] classifier, forget_samples, samples_per_class, guidance, inference_steps; [output] dir.
+The recipe (pipelines/digits-ddpm-class.toml, ddpm-cifar10-class.toml) is read into `Settings`, whose
+dataclasses list every key it may hold: [model], [forget] class, [data], [method], [sfron]
+(SFRonConfig), [fisher], [eval], [output].
 """
 
 from __future__ import annotations
 
 import copy
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from torch.utils.data import TensorDataset
 
 from erase.core.io import atomic_directory
 from erase.core.methods import (
@@ -26,6 +28,7 @@ from erase.core.methods import (
 from erase.core.saliency import mask_stats, save_mask
 from erase.core.sfron import SFRonConfig, unlearn
 from erase.data.digits import load_digits_tensors, to_uint8
+from erase.data.loader import loader
 from erase.errors import UserError
 from erase.eval.accuracy import (
     forgetting_accuracy,
@@ -37,28 +40,124 @@ from erase.eval.report import format_table, save_grid, save_loss_plot
 from erase.eval.verdict import verdict
 from erase.families import ddpm
 from erase.families.classifier import load_classifier, predict
-from erase.recipes import resolve_path
+from erase.recipes import key, read_settings, resolve_path
 from erase.workflows.records import write_run_records
+from erase.workflows.settings import Method, Output
+
+# The shared METHODS, and ESD: DDPM and DiT have the null class it needs.
+CLASS_METHODS = (*METHODS, "esd")
+
+
+@dataclass
+class Model:
+    path: str = key("")  # a diffusers folder or hub id
+    device: str = key("")  # "auto": the GPU when there is one; empty: the CPU
+    random_init: bool = key(False)  # the preset's architecture with random weights (speed runs)
+    preset: str = key("cifar10", choices=tuple(ddpm.PRESETS))
+    num_classes: int = key(10, low=2)
+
+
+@dataclass
+class Forget:
+    forget_class: int | None = key(None, name="class", low=0)
+
+
+@dataclass
+class Data:
+    dataset: str = key("digits")  # digits | generated | an image folder | cifar10 on disk
+    root: str = key("")
+    images_per_class: int = key(1000, low=0)  # real images; 0: all of them
+    generated_per_class: int = key(64, low=1)
+    guidance: float = key(2.0, low=0)
+    inference_steps: int = key(20, low=1)
+    seed: int | None = key(None, low=0)  # generated: 1234, real: 0
+    batch_size: int = key(64, low=1)
+
+
+@dataclass
+class ClassMethod(Method):
+    name: str = key("sfron", choices=CLASS_METHODS)
+
+    @property
+    def spec(self):
+        return method_spec(self.name, CLASS_METHODS)
+
+
+@dataclass
+class Fisher:
+    batches: int = key(8, low=1)
+    reuse: bool = key(False)  # read back diagonals cached in output.dir when their key matches
+    salun_fraction: float = key(0.5, above=0, high=1)
+
+
+@dataclass
+class Eval:
+    """[eval]; a key left out takes the evaluator's default (the digit CNN's, or a user classifier's)."""
+
+    kind: str = key("digits", choices=("digits", "classifier"))
+    classifier: str | None = key()
+    arch: str | None = key()
+    normalize: str | None = key(choices=("", "half", "imagenet"))
+    classifier_image_size: int | None = key(low=0)
+    forget_samples: int | None = key(low=1)
+    samples_per_class: int | None = key(low=1)
+    guidance: float | None = key(low=0)
+    inference_steps: int | None = key(low=1)
+    batch_size: int | None = key(low=1)
+    seed: int | None = key(low=0)
+    fid: bool | None = key()
+    kid: bool | None = key()
+    fid_features: str | None = key(choices=("inception", "classifier"))
+    inception_weights: str | None = key()
+    fid_reference: str | None = key()
+    fid_reference_root: str | None = key()
+    fid_reference_split: str | None = key()
+    reference_images: int | None = key(low=1)
+
+    def given(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+@dataclass
+class Settings:
+    """A class-DDPM recipe, typed: every key it may hold, its type and range."""
+
+    family: str = key("ddpm")
+    task: str = key("class")
+    model: Model = key(factory=Model)
+    forget: Forget = key(factory=Forget)
+    data: Data = key(factory=Data)
+    method: ClassMethod = key(factory=ClassMethod)
+    sfron: SFRonConfig = key(factory=SFRonConfig)
+    fisher: Fisher = key(factory=Fisher)
+    eval: Eval = key(factory=Eval)
+    output: Output = key(factory=Output)
+
+
+def read(recipe: dict) -> Settings:
+    """The recipe as Settings; every user mistake in it is reported here, before any work."""
+    return read_settings(Settings, recipe)
 
 
 def run(recipe: dict, show_progress: bool = True) -> dict:
     """Run a class-forgetting recipe end to end; returns the metrics written to metrics.json."""
     started = time.perf_counter()
-    forget_class = int(recipe["forget"]["class"])
-    spec = user_method(recipe)
-    config = sfron_config(recipe)
-    out_dir = resolve_output(recipe)
+    settings = read(recipe)
+    forget_class, spec, config = settings.forget.forget_class, settings.method.spec, settings.sfron
+    if forget_class is None:
+        raise UserError("the recipe has no forget.class")
+    out_dir = settings.output.folder("runs/ddpm-class")
     torch.manual_seed(config.seed)
 
-    pipeline = ddpm.load_or_build_pipeline(recipe["model"])  # a folder/hub id, or random_init for speed runs
+    pipeline = ddpm.load_or_build_pipeline(asdict(settings.model))  # a folder/hub id, or random_init for speed runs
     num_classes = pipeline.num_classes
     if not 0 <= forget_class < num_classes:
-        raise UserError(f"--forget-class must be in [0, {num_classes - 1}], got {forget_class}")
-    evaluator = make_evaluator(recipe, num_classes, forget_class)
+        raise UserError(f"forget.class must be in [0, {num_classes - 1}], got {forget_class}")
+    evaluator = make_evaluator(settings, num_classes, forget_class)
 
     before = evaluator.evaluate(pipeline, "before")
     erase_started = time.perf_counter()
-    mask, history, _ = erase_class(recipe, pipeline, spec, config, forget_class, out_dir, show_progress=show_progress)
+    mask, history, _ = erase_class(settings, pipeline, spec, config, forget_class, out_dir, show_progress=show_progress)
     stats = mask_stats(mask) if mask is not None else None
     erase_seconds = time.perf_counter() - erase_started
 
@@ -84,85 +183,53 @@ def run(recipe: dict, show_progress: bool = True) -> dict:
     return metrics
 
 
-def resolve_output(recipe: dict) -> Path:
-    out_dir = Path(recipe.get("output", {}).get("dir", "runs/ddpm-class"))
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"output {out_dir} exists and is not a folder")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    return out_dir
-
-
-# The shared METHODS, and ESD: DDPM and DiT have the null class it needs.
-CLASS_METHODS = (*METHODS, "esd")
-
-
-def user_method(recipe: dict):
-    """The recipe's method.name as a spec; a bad name or ESD setting stops the run before any work."""
-    try:
-        spec = method_spec(recipe.get("method", {}).get("name", "sfron"), CLASS_METHODS)
-    except ValueError as error:
-        raise UserError(f"method.name: {error}") from None
-    if spec is ESD:
-        negative_guidance(recipe)
-    return spec
-
-
-def sfron_config(recipe: dict) -> SFRonConfig:
-    try:
-        config = SFRonConfig.from_dict(dict(recipe.get("sfron", {})))
-        config.validate()
-    except (TypeError, ValueError) as error:
-        raise UserError(str(error)) from None
-    return config
-
-
-def training_data(recipe: dict, pipeline) -> tuple[torch.Tensor, torch.Tensor]:
+def training_data(data: Data, pipeline) -> tuple[torch.Tensor, torch.Tensor]:
     """Real images with labels, or images the model generates itself (no data needed)."""
-    data = recipe.get("data", {})
-    dataset = data.get("dataset", "digits")
-    if dataset == "digits":
+    if data.dataset == "digits":
         return load_digits_tensors("train")
-    if dataset == "generated":
-        per_class = int(data.get("generated_per_class", 64))
-        labels = torch.arange(pipeline.num_classes).repeat_interleave(per_class)
+    if data.dataset == "generated":
+        labels = torch.arange(pipeline.num_classes).repeat_interleave(data.generated_per_class)
         images = ddpm.sample(
-            pipeline, labels, guidance_scale=float(data.get("guidance", 2.0)),
-            num_inference_steps=int(data.get("inference_steps", 20)), seed=int(data.get("seed", 1234)),
+            pipeline, labels, guidance_scale=data.guidance, num_inference_steps=data.inference_steps,
+            seed=1234 if data.seed is None else data.seed,
         )
         return images, labels
     # Otherwise an image folder or torchvision-format CIFAR-10 on disk: real images of every class.
     unet_config = pipeline.unet.config
     size = unet_config.sample_size if isinstance(unet_config.sample_size, int) else unet_config.sample_size[0]
-    per_class = data.get("images_per_class", 1000)
     return ddpm.real_class_data(
-        dataset, pipeline.num_classes, size, unet_config.in_channels, int(per_class) if per_class else None,
-        root=data.get("root") or None, seed=int(data.get("seed", 0)),
+        data.dataset, pipeline.num_classes, size, unet_config.in_channels, data.images_per_class or None,
+        root=data.root or None, seed=data.seed or 0,
     )
 
 
-def erase_class(recipe, pipeline, spec, config, forget_class: int, work_dir: Path, show_progress: bool = True,
-                on_step=None):
+def class_batches(data: Data, images, labels, forget_class: int, seed: int):
+    """(forget loader, remain loader): the class's images and the others', each with its own seed."""
+    (f_images, f_labels), (r_images, r_labels) = ddpm.class_split(images, labels, forget_class)
+    return (loader(TensorDataset(f_images, f_labels), data.batch_size, seed),
+            loader(TensorDataset(r_images, r_labels), data.batch_size, seed + 1))
+
+
+def erase_class(settings: Settings, pipeline, spec, config, forget_class: int, work_dir: Path,
+                show_progress: bool = True, on_step=None):
     """The erase half of a run, in place on pipeline.unet: data, the method's mask, the loop.
 
     Returns (mask or None, the loop's history, seconds spent building the mask). Benchmarks call
     this too, so what they measure is exactly what `erase run` does.
     """
     unet, scheduler = pipeline.unet, pipeline.scheduler
-    images, labels = training_data(recipe, pipeline)
-    (f_images, f_labels), (r_images, r_labels) = ddpm.class_split(images, labels, forget_class)
-    batch_size = int(recipe.get("data", {}).get("batch_size", 64))
-    forget_batches = ddpm.batches(f_images, f_labels, batch_size, config.seed)
-    remain_batches = ddpm.batches(r_images, r_labels, batch_size, config.seed + 1)
+    images, labels = training_data(settings.data, pipeline)
+    forget_batches, remain_batches = class_batches(settings.data, images, labels, forget_class, config.seed)
     loss_fn = ddpm.epsilon_loss(scheduler)
 
     unet.requires_grad_(True)
     started = time.perf_counter()
-    mask = class_mask(spec, recipe, unet, loss_fn, forget_batches, remain_batches, config, work_dir,
-                      {"forget_class": forget_class, "data": recipe.get("data", {})}, show_progress)
+    mask = class_mask(spec, settings.fisher, unet, loss_fn, forget_batches, remain_batches, config, work_dir,
+                      {"forget_class": forget_class, "data": asdict(settings.data)}, show_progress)
     mask_seconds = time.perf_counter() - started
     descent = None
     if spec is ESD:
-        descent = esd_loss(recipe, unet, scheduler)
+        descent = esd_loss(settings.method.negative_guidance, unet, scheduler)
     elif spec.forget == "descent":
         descent = ddpm.class_mapping_loss(scheduler, pipeline.num_classes)
     objective = forget_objective(spec, loss_fn, config.temperature, descent)
@@ -172,18 +239,15 @@ def erase_class(recipe, pipeline, spec, config, forget_class: int, work_dir: Pat
     return mask, history, mask_seconds
 
 
-def class_mask(spec, recipe, model, loss_fn, forget_batches, remain_batches, config, out_dir: Path, data: dict,
-               show_progress: bool = True):
+def class_mask(spec, fisher: Fisher, model, loss_fn, forget_batches, remain_batches, config, out_dir: Path,
+               data: dict, show_progress: bool = True):
     """The method's mask (erase.core.methods), saved in OUT; the Fisher is cached in OUT under a key of
     the trained weights, `data` (the forgotten class and data settings), batches and seed, so
     `fisher.reuse` reads back only diagonals computed for this very run (e.g. by `erase fisher`)."""
-    fisher_cfg = recipe.get("fisher", {})
-    cache = FisherCache(out_dir, fisher_key(model, data, int(fisher_cfg.get("batches", 8)), config.seed),
-                        reuse=bool(fisher_cfg.get("reuse", False)))
+    cache = FisherCache(out_dir, fisher_key(model, data, fisher.batches, config.seed), reuse=fisher.reuse)
     mask, _ = method_mask(spec, model, loss_fn, forget_batches, remain_batches, config.gamma,
-                          fisher_batches=int(fisher_cfg.get("batches", 8)),
-                          salun_fraction=float(fisher_cfg.get("salun_fraction", 0.5)), seed=config.seed, cache=cache,
-                          show_progress=show_progress)
+                          fisher_batches=fisher.batches, salun_fraction=fisher.salun_fraction, seed=config.seed,
+                          cache=cache, show_progress=show_progress)
     if mask is not None:
         save_mask(mask, out_dir / "mask.safetensors", metadata={"method": spec.name, "gamma": str(config.gamma)})
     return mask
@@ -194,37 +258,27 @@ def fisher_key(model, data: dict, batches: int, seed: int) -> dict:
     return {"weights": weights_fingerprint(model), **data, "batches": batches, "seed": seed}
 
 
-def negative_guidance(recipe: dict) -> float:
-    """ESD's η: method.negative_guidance, 1 by default (as in ESD)."""
-    value = recipe.get("method", {}).get("negative_guidance", 1.0)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise UserError(f"method.negative_guidance must be a number > 0, got {value!r}")
-    return float(value)
-
-
-def esd_loss(recipe: dict, unet, scheduler):
+def esd_loss(negative_guidance: float, unet, scheduler):
     """ESD's loss: towards a frozen copy's negatively guided prediction, the model's null class as ∅."""
     teacher = copy.deepcopy(unet).requires_grad_(False).eval()
     null_class = unet.config.num_class_embeds - 1
-    return ddpm.class_esd_loss(scheduler, teacher, null_class, negative_guidance(recipe))
+    return ddpm.class_esd_loss(scheduler, teacher, null_class, negative_guidance)
 
 
-def make_evaluator(recipe: dict, num_classes: int, forget_class: int):
+def make_evaluator(settings: Settings, num_classes: int, forget_class: int):
     """[eval] kind = "digits" (the bundled digit CNN; the default) or "classifier": a classifier the user
     supplies (eval.classifier), FID of the remaining classes against real images of the dataset."""
-    cfg = recipe.get("eval", {})
-    if cfg.get("kind", "digits") == "digits":
-        return Evaluator(recipe, num_classes, forget_class)
-    if cfg["kind"] != "classifier":
-        raise UserError(f"eval.kind must be digits or classifier, got {cfg['kind']!r}")
+    cfg = settings.eval.given()
+    if settings.eval.kind == "digits":
+        return Evaluator(cfg, num_classes, forget_class)
     from erase.eval.class_forgetting import ClassForgettingEvaluator, load_reference
 
-    data = recipe.get("data", {})
-    source = cfg.get("fid_reference") or (data.get("dataset") if data.get("dataset") not in ("digits", "generated") else None)
+    data = settings.data
+    source = cfg.get("fid_reference") or (data.dataset if data.dataset not in ("digits", "generated") else None)
     reference = None
     if source and cfg.get("fid", True):
         reference = load_reference(source, forget_class, int(cfg.get("reference_images", 10000)), None,
-                                   root=cfg.get("fid_reference_root") or data.get("root") or None,
+                                   root=cfg.get("fid_reference_root") or data.root or None,
                                    split=cfg.get("fid_reference_split", "train"))
     guidance, steps = float(cfg.get("guidance", 2.0)), int(cfg.get("inference_steps", 100))
     batch_size = int(cfg.get("batch_size", 500))
@@ -238,8 +292,7 @@ def make_evaluator(recipe: dict, num_classes: int, forget_class: int):
 class Evaluator:
     """Generates images of every class with fixed seeds and scores them with the digit classifier."""
 
-    def __init__(self, recipe: dict, num_classes: int, forget_class: int):
-        cfg = recipe.get("eval", {})
+    def __init__(self, cfg: dict, num_classes: int, forget_class: int):
         self.num_classes, self.forget_class = num_classes, forget_class
         self.classifier_path = resolve_path(cfg.get("classifier", "assets/digits-classifier.safetensors"))
         if not self.classifier_path.is_file():

@@ -1,14 +1,9 @@
 """Forget one ImageNet class of a DiT (DiTPipeline), evaluate before and after, export the erased pipeline.
 
-Same shape as the DDPM class workflow (and its Fisher/mask/objective helpers): only the transformer
-is unlearned; the VAE stays frozen and encodes the forget/remain images once into cached latents.
-
-Recipe sections: [model] path | random_init, preset, device; [forget] class (id or name);
-[data] dataset (an ImageNet-layout folder or "generated"), forget_images, remain_images,
-generated_forget, generated_remain, remain_classes, guidance, inference_steps, batch_size,
-reuse_latents; [method]; [sfron]; [fisher] batches; [eval] classifier, arch, normalize, classes,
-forget_samples, samples_per_class, guidance, inference_steps, fid, fid_features,
-inception_weights, fid_reference; [output] dir.
+Same shape as the DDPM class workflow (and its settings sections and mask helper): only the
+transformer is unlearned; the VAE stays frozen and encodes the forget/remain images once into cached
+latents. The recipe (pipelines/dit-xl-2-imagenet-class.toml) is read into `Settings`: [model],
+[forget] class (id or name), [data], [method], [sfron], [fisher], [eval] (+ classes), [output].
 """
 
 from __future__ import annotations
@@ -16,10 +11,12 @@ from __future__ import annotations
 import copy
 import json
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
+from torch.utils.data import TensorDataset
 from safetensors.torch import load_file
 
 from erase.core.io import (
@@ -28,58 +25,107 @@ from erase.core.io import (
 )
 from erase.core.methods import ESD, forget_objective
 from erase.core.saliency import mask_stats
-from erase.core.sfron import unlearn
+from erase.core.sfron import SFRonConfig, unlearn
+from erase.data.loader import loader
 from erase.errors import UserError
 from erase.eval.report import format_table, save_grid, save_loss_plot
 from erase.eval.verdict import verdict
 from erase.families import ddpm, dit
-from erase.workflows.ddpm_class import (
-    class_mask,
-    negative_guidance,
-    resolve_output,
-    sfron_config,
-    user_method,
-)
+from erase.recipes import key, read_settings
+from erase.workflows.ddpm_class import ClassMethod, Eval, Fisher, class_mask
 from erase.workflows.records import write_run_records
+from erase.workflows.settings import Output
 
 # Classes shown and scored besides the forgotten one (the official visualisation classes).
 DEFAULT_EVAL_CLASSES = [207, 360, 387, 972, 89, 979, 417, 279, 270, 980]
 
 
+@dataclass
+class Model:
+    path: str = key("")  # a DiTPipeline folder or hub id
+    device: str = key("")  # "auto": the GPU when there is one; empty: the CPU
+    random_init: bool = key(False)
+    preset: str = key("DiT-XL/2", choices=tuple(dit.PRESETS))
+
+
+@dataclass
+class Forget:
+    forget_class: int | str | None = key(None, name="class")  # an ImageNet id or a class name
+
+
+@dataclass
+class Data:
+    dataset: str = key("generated")  # or an ImageNet-layout folder
+    forget_images: int = key(1300, low=1)
+    remain_images: int = key(5000, low=1)
+    generated_forget: int = key(256, low=1)
+    generated_remain: int = key(1024, low=1)
+    generated_remain_classes: int = key(100, low=1)
+    remain_classes: list[int] = key(factory=list, low=0)
+    guidance: float = key(4.0, low=0)
+    inference_steps: int = key(50, low=1)
+    sample_batch_size: int = key(32, low=1)
+    batch_size: int = key(1, low=1)
+    reuse_latents: bool = key(False)
+    seed: int = key(0, low=0)
+
+
+@dataclass
+class DiTEval(Eval):
+    classes: list[int] | None = key(low=0)
+
+
+@dataclass
+class Settings:
+    """A DiT class recipe, typed: every key it may hold, its type and range."""
+
+    family: str = key("dit")
+    task: str = key("class")
+    model: Model = key(factory=Model)
+    forget: Forget = key(factory=Forget)
+    data: Data = key(factory=Data)
+    method: ClassMethod = key(factory=ClassMethod)
+    sfron: SFRonConfig = key(factory=SFRonConfig)
+    fisher: Fisher = key(factory=Fisher)
+    eval: DiTEval = key(factory=DiTEval)
+    output: Output = key(factory=Output)
+
+
 def run(recipe: dict, show_progress: bool = True) -> dict:
     """Run a DiT class-forgetting recipe end to end; returns the metrics written to metrics.json."""
     started = time.perf_counter()
-    recipe.setdefault("output", {}).setdefault("dir", "runs/dit-class")
-    out_dir = resolve_output(recipe)
-    spec = user_method(recipe)
-    config = sfron_config(recipe)
+    settings = read_settings(Settings, recipe)
+    out_dir = settings.output.folder("runs/dit-class")
+    spec, config = settings.method.spec, settings.sfron
+    if settings.forget.forget_class is None:
+        raise UserError("the recipe has no forget.class")
     torch.manual_seed(config.seed)
 
-    pipeline = dit.load_or_build_pipeline(recipe.get("model", {}))
-    forget_class = dit.class_id(pipeline, recipe["forget"]["class"])
+    pipeline = dit.load_or_build_pipeline(asdict(settings.model))
+    forget_class = dit.class_id(pipeline, settings.forget.forget_class)
     transformer = pipeline.transformer
-    dataset = open_training_folder(recipe, pipeline, forget_class)  # bad data fails before any work
-    evaluator = make_evaluator(recipe, pipeline, forget_class)
+    data = asdict(settings.data)
+    dataset = open_training_folder(settings.data.dataset, pipeline, forget_class)  # bad data fails before any work
+    evaluator = make_evaluator(settings.eval, pipeline, forget_class)
 
     before = evaluator.evaluate(pipeline, "before")
     erase_started = time.perf_counter()
-    (f_latents, f_labels), (r_latents, r_labels) = cached_latents(recipe, pipeline, forget_class, out_dir, dataset)
-    batch_size = int(recipe.get("data", {}).get("batch_size", 1))
-    forget_batches = ddpm.batches(f_latents, f_labels, batch_size, config.seed)
-    remain_batches = ddpm.batches(r_latents, r_labels, batch_size, config.seed + 1)
+    (f_latents, f_labels), (r_latents, r_labels) = cached_latents(data, pipeline, forget_class, out_dir, dataset)
+    forget_batches = loader(TensorDataset(f_latents, f_labels), settings.data.batch_size, config.seed)
+    remain_batches = loader(TensorDataset(r_latents, r_labels), settings.data.batch_size, config.seed + 1)
     loss_fn = dit.epsilon_loss(pipeline.scheduler)
 
     transformer.requires_grad_(True)
     dropout = dit.set_label_dropout(transformer, 0.0)  # always condition on the real class
     try:
-        data = {k: v for k, v in recipe.get("data", {}).items() if k != "reuse_latents"}
-        mask = class_mask(spec, recipe, transformer, loss_fn, forget_batches, remain_batches, config, out_dir,
-                          {"forget_class": forget_class, "data": data}, show_progress)
+        key_data = {k: v for k, v in data.items() if k != "reuse_latents"}
+        mask = class_mask(spec, settings.fisher, transformer, loss_fn, forget_batches, remain_batches, config,
+                          out_dir, {"forget_class": forget_class, "data": key_data}, show_progress)
         stats = mask_stats(mask) if mask is not None else None
         descent = None
         if spec is ESD:  # the frozen copy is taken now: the original weights, label dropout off
             teacher = copy.deepcopy(transformer).requires_grad_(False).eval()
-            descent = dit.class_esd_loss(pipeline.scheduler, teacher, negative_guidance(recipe))
+            descent = dit.class_esd_loss(pipeline.scheduler, teacher, settings.method.negative_guidance)
         objective = forget_objective(spec, loss_fn, config.temperature, descent, relabel=other_classes)
         history = unlearn(transformer, objective, loss_fn, forget_batches, remain_batches, config, mask=mask,
                           show_progress=show_progress)
@@ -121,12 +167,12 @@ def other_classes(batch):
     return latents, (labels + shift) % dit.NULL_CLASS
 
 
-def make_evaluator(recipe: dict, pipeline, forget_class: int):
+def make_evaluator(settings: DiTEval, pipeline, forget_class: int):
     """FA/accuracy with the user's ImageNet classifier on generated images of the forgotten class and of
     `eval.classes`; FID of those classes against real images (eval.fid_reference, an ImageNet-layout folder)."""
     from erase.eval.class_forgetting import ClassForgettingEvaluator, load_reference
 
-    cfg = recipe.get("eval", {})
+    cfg = settings.given()
     eval_classes = [int(k) for k in cfg.get("classes", DEFAULT_EVAL_CLASSES)]
     size = dit.image_size(pipeline)
     reference = None
@@ -143,9 +189,8 @@ def make_evaluator(recipe: dict, pipeline, forget_class: int):
     return ClassForgettingEvaluator(cfg, dit.NULL_CLASS, forget_class, generate, reference, eval_classes)
 
 
-def open_training_folder(recipe: dict, pipeline, forget_class: int):
+def open_training_folder(source: str, pipeline, forget_class: int):
     """The ImageNet-layout folder of real forget/remain images (None: self-generated), checked early."""
-    source = str(recipe.get("data", {}).get("dataset", "generated"))
     if source == "generated":
         return None
     dataset = dit.imagenet_folder(source, split="train", size=dit.image_size(pipeline))
@@ -157,10 +202,9 @@ def open_training_folder(recipe: dict, pipeline, forget_class: int):
     return dataset
 
 
-def cached_latents(recipe: dict, pipeline, forget_class: int, out_dir: Path, dataset=None):
+def cached_latents(data: dict, pipeline, forget_class: int, out_dir: Path, dataset=None):
     """((forget latents, labels), (remain latents, labels)), encoded once by the VAE and kept in
     OUT/latents.safetensors; `data.reuse_latents = true` reads them back when they match the recipe."""
-    data = recipe.get("data", {})
     path = out_dir / "latents.safetensors"
     settings = {k: v for k, v in data.items() if k not in ("reuse_latents", "batch_size")}
     key = json.dumps({"forget_class": forget_class, "size": dit.image_size(pipeline), **settings}, sort_keys=True)
@@ -204,7 +248,7 @@ def training_latents(data: dict, pipeline, forget_class: int, dataset=None):
                 (encode_in_chunks(pipeline, images_for(r_labels, 100_000), len(r_labels), chunk, seed + 1), r_labels))
     from erase.data.images import dataset_labels, load_class_tensors
 
-    dataset = dataset or open_training_folder({"data": data}, pipeline, forget_class)
+    dataset = dataset or open_training_folder(str(data.get("dataset", "generated")), pipeline, forget_class)
     labels = dataset_labels(dataset)
     forget_idx = ddpm.pick_per_class(labels, int(data.get("forget_images", 1300)), seed, classes=[forget_class])
     other = (labels != forget_class).nonzero().flatten()
