@@ -1,4 +1,5 @@
-"""`erase demo` end to end on the bundled digits model (few steps, few samples), and its user errors."""
+"""`erase demo --family ddpm` end to end on the bundled digits DDPM (few steps, few samples), and the
+demo's user errors. The default (text-to-image) demo is tested in tests/test_digits_sd.py."""
 
 import json
 import subprocess
@@ -23,7 +24,7 @@ def run_cli(*args):
 @needs_assets
 def test_demo_writes_the_run_folder(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["demo", "--steps", "2", "--forget-class", "5", "--out", str(out), *SMALL]) == 0
+    assert main(["demo", "--family", "ddpm", "--steps", "2", "--forget-class", "5", "--out", str(out), *SMALL]) == 0
     # Two steps do not forget a digit: the run says so, and what to change.
     assert "not forgotten yet" in capsys.readouterr().out
     for name in ("metrics.json", "grid_before.png", "grid_after.png", "loss.png", "config.toml", "mask.safetensors"):
@@ -44,7 +45,7 @@ def test_demo_writes_the_run_folder(tmp_path, capsys):
 @needs_assets
 def test_diverging_run_stops_and_exports_nothing(tmp_path, capsys):
     out = tmp_path / "run"
-    code = main(["demo", "--steps", "3", "--out", str(out), "--set", "sfron.forget_alpha=inf", *SMALL])
+    code = main(["demo", "--family", "ddpm", "--steps", "3", "--out", str(out), "--set", "sfron.forget_alpha=1e300", *SMALL])
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("erase: error")]
     assert code == 1 and len(errors) == 1 and "became" in errors[0], errors
     assert not (out / "model").exists() and not (out / "metrics.json").exists()
@@ -55,6 +56,9 @@ def test_diverging_run_stops_and_exports_nothing(tmp_path, capsys):
     [
         ["demo", "--steps", "0"],
         ["demo", "--forget-class", "12"],
+        ["demo", "--family", "ddpm", "--forget-class", "3", "--forget-class", "4"],
+        ["demo", "--set", "digits.anchor=7"],
+        ["demo", "--set", "digits.forget=[1]"],
         ["demo", "--steps", "many"],
         ["run", "no-such-recipe.toml"],
         ["demo", "--set", "sfron.optimizer=lion"],
