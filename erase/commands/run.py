@@ -35,12 +35,20 @@ def run_command(args) -> int:
 
 
 def run_recipe(recipe: dict) -> int:
+    from accelerate import PartialState
+
+    from erase.workflows.timings import summary_line
+
     key = (recipe.get("family"), recipe.get("task", "class"))
     if key not in WORKFLOWS:
         known = ", ".join(f"{f}/{t}" for f, t in WORKFLOWS)
         raise UserError(f"recipe names family/task {key[0]}/{key[1]}, which has no workflow (known: {known})")
     workflow = importlib.import_module(WORKFLOWS[key])
     metrics = workflow.run(recipe)
+    if not PartialState().is_main_process:
+        return 0  # under accelerate launch the main process reports
     print(workflow.summary_table(metrics))
     print(f"steps {metrics['steps']}, {metrics['seconds']:.1f} s; run folder: {recipe.get('output', {}).get('dir')}")
+    if "timings" in metrics:
+        print(summary_line(metrics["timings"]))
     return 0

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from torch.utils.data import DataLoader, TensorDataset
 
 from erase.core.io import atomic_write_json
@@ -46,19 +46,25 @@ from erase.families import sd
 from erase.patch import save_patch
 from erase.recipes import resolve_path
 from erase.workflows.records import write_run_records
+from erase.workflows.timings import PhaseTimer
 
 METHODS = ("sfron", "ga", "rl", "salun", "esd")
 DEFAULT_FORGET_LOSS = {"sfron": "mapping", "rl": "mapping", "salun": "mapping", "ga": "ascent"}
 # SD defaults (official SFR-on SD script): Adam lr 1e-5, forget/remain weight 1, no decay.
+PROBE_IMAGES = 8  # forget and remain images the before/after probe losses are measured on
 SFRON_DEFAULTS = dict(steps=1000, lr=1e-5, forget_alpha=1.0, remain_alpha=1.0, decay_forget_alpha=False, grad_clip=1.0)
 
 
 def run(recipe: dict, show_progress: bool = True) -> dict:
     """Run an SD concept-erasure recipe end to end; returns the metrics written to metrics.json."""
     started = time.perf_counter()
+    timer = PhaseTimer()
     settings = Settings(recipe)
     pipeline, folder = sd.load_pipeline(settings.model)  # a bad model is reported before anything starts
     accelerator = Accelerator(mixed_precision=settings.config.mixed_precision)
+    if settings.batch_size % accelerator.num_processes:
+        raise UserError(f"data.batch_size {settings.batch_size} is the global batch: make it a multiple of the "
+                        f"{accelerator.num_processes} processes")
     pipeline.to(accelerator.device)
     settings.resolve_size(pipeline)
     out_dir = settings.out_dir
@@ -68,45 +74,51 @@ def run(recipe: dict, show_progress: bool = True) -> dict:
     stored_dtype = sd.stored_unet_dtype(folder)
     base_state = sd.unet_state(unet, stored_dtype)
 
-    # Data: self-generated images (cached), encoded once.
-    with accelerator.autocast():
+    # Data: self-generated images (cached), encoded once. Remain images only as many as are used: all for
+    # remain steps or the Fisher mask; otherwise (ESD) the probe's few.
+    remain_rows = settings.remain_rows if settings.uses_remain_data else settings.remain_rows[:PROBE_IMAGES]
+    with timer("generate"), accelerator.autocast():
         forget_paths = cached_images(pipeline, settings, settings.forget_rows, out_dir / "data" / "forget", show_progress)
-        remain_paths = cached_images(pipeline, settings, settings.remain_rows, out_dir / "data" / "remain", show_progress)
-    size = (settings.height, settings.width)
-    forget_latents = sd.encode_images(pipeline, sd.load_images(forget_paths, size), seed=settings.seed)
-    remain_latents = sd.encode_images(pipeline, sd.load_images(remain_paths, size), seed=settings.seed + 1)
-    prompt_set = sorted({r.prompt for r in settings.forget_rows + settings.remain_rows} | set(settings.anchors) | {""})
-    table = dict(zip(prompt_set, sd.encode_prompts(pipeline, prompt_set)))
+        remain_paths = cached_images(pipeline, settings, remain_rows, out_dir / "data" / "remain", show_progress)
+    with timer("encode"):  # every process encodes every image (a few % of the generation's work)
+        size = (settings.height, settings.width)
+        forget_latents = sd.encode_images(pipeline, sd.load_images(forget_paths, size), seed=settings.seed)
+        remain_latents = sd.encode_images(pipeline, sd.load_images(remain_paths, size), seed=settings.seed + 1)
+        prompt_set = sorted({r.prompt for r in settings.forget_rows + remain_rows} | set(settings.anchors) | {""})
+        table = dict(zip(prompt_set, sd.encode_prompts(pipeline, prompt_set)))
     forget_emb = torch.stack([table[r.prompt] for r in settings.forget_rows])
     anchor_emb = torch.stack([table[settings.anchors[i % len(settings.anchors)]] for i in range(len(settings.forget_rows))])
-    remain_emb = torch.stack([table[r.prompt] for r in settings.remain_rows])
+    remain_emb = torch.stack([table[r.prompt] for r in remain_rows])
     forget_set = TensorDataset(forget_latents, forget_emb, anchor_emb)
     remain_set = TensorDataset(remain_latents, remain_emb)
     forget_batches = loader(forget_set, settings.batch_size, settings.config.seed)
     remain_batches = loader(remain_set, settings.batch_size, settings.config.seed + 1)
-    probe = Probe(forget_set, remain_set, pipeline.scheduler, settings.config.seed)
+    probe = Probe(forget_set, remain_set, pipeline.scheduler, settings.config.seed, count=PROBE_IMAGES)
 
     judge = None
     if settings.digit_sets is not None and settings.eval_samples > 0:
         from erase.workflows.sd_digits import DigitJudge
 
         judge = DigitJudge(settings.digit_sets, settings.eval_samples, settings.eval_remain_samples, settings.eval_seed)
-    before = evaluate(pipeline, settings, probe, accelerator, "before", show_progress, judge)
+    with timer("evaluate"):
+        before = evaluate(pipeline, settings, probe, accelerator, "before", show_progress, judge)
 
     erase_started = time.perf_counter()
     trainable = sd.select_trainable(unet, settings.train)
     eps_loss = sd.epsilon_loss(pipeline.scheduler)
-    mask = build_mask(settings, unet, eps_loss, forget_batches, remain_batches, accelerator, out_dir, show_progress)
+    with timer("fisher"):
+        mask = build_mask(settings, unet, eps_loss, forget_batches, remain_batches, accelerator, out_dir, show_progress)
     stats = mask_stats(mask) if mask is not None else None
     objective = concept_objective(settings, unet, pipeline.scheduler, eps_loss, table[""])
     hooks = confine_to_mask(unet, mask) if settings.confine_to_mask else []
     if settings.gradient_checkpointing:  # less activation memory for larger batches; same result
         unet.enable_gradient_checkpointing()
-    history = unlearn(
-        unet, objective, eps_loss if settings.remain_steps else None, forget_batches,
-        remain_batches if settings.remain_steps else None, settings.config, mask=mask, accelerator=accelerator,
-        show_progress=show_progress,
-    )
+    with timer("loop"):
+        history = unlearn(
+            unet, objective, eps_loss if settings.remain_steps else None, forget_batches,
+            remain_batches if settings.remain_steps else None, settings.config, mask=mask, accelerator=accelerator,
+            show_progress=show_progress,
+        )
     for hook in hooks:
         hook.remove()
     if settings.gradient_checkpointing:
@@ -114,16 +126,18 @@ def run(recipe: dict, show_progress: bool = True) -> dict:
     unet.requires_grad_(False).eval()
     erase_seconds = time.perf_counter() - erase_started
 
-    after = evaluate(pipeline, settings, probe, accelerator, "after", show_progress, judge)
+    with timer("evaluate"):
+        after = evaluate(pipeline, settings, probe, accelerator, "after", show_progress, judge)
     accelerator.wait_for_everyone()
-    if not accelerator.is_main_process:
+    if not accelerator.is_main_process:  # the main process alone writes the model and the records
         return {"steps": settings.config.steps, "seconds": round(time.perf_counter() - started, 2)}
-    new_state = sd.unet_state(unet, stored_dtype)
-    sd.export_pipeline(folder, new_state, out_dir / "model")
-    patch = save_patch(base_state, new_state, out_dir / "patch.safetensors", base_model=settings.model)
-    if judge is None:
-        write_grids(out_dir)
-    save_loss_plot(history, out_dir / "loss.png", title=f"{settings.method}: erasing {settings.forget_rows[0].prompt!r}")
+    with timer("export"):
+        new_state = sd.unet_state(unet, stored_dtype)
+        sd.export_pipeline(folder, new_state, out_dir / "model")
+        patch = save_patch(base_state, new_state, out_dir / "patch.safetensors", base_model=settings.model)
+        if judge is None:
+            write_grids(out_dir)
+        save_loss_plot(history, out_dir / "loss.png", title=f"{settings.method}: erasing {settings.forget_rows[0].prompt!r}")
     unet_bytes = (out_dir / "model" / "unet" / sd.UNET_WEIGHTS).stat().st_size
     metrics = {
         "family": "sd",
@@ -136,8 +150,10 @@ def run(recipe: dict, show_progress: bool = True) -> dict:
         "remain_prompts": sorted({r.prompt for r in settings.remain_rows}),
         "num_images": {"forget": len(forget_paths), "remain": len(remain_paths)},
         "steps": settings.config.steps,
+        "processes": accelerator.num_processes,
         "seconds": round(time.perf_counter() - started, 2),
         "seconds_erase": round(erase_seconds, 2),
+        "timings": timer.timings(settings.config.steps),
         "trainable_weights": trainable,
         "mask_fraction": stats["fraction"] if stats else 1.0,
         "patch": {"bytes": patch["bytes"], "unet_bytes": unet_bytes, "changed_weights": patch["changed"],
@@ -178,6 +194,8 @@ class Settings:
         self.gradient_checkpointing = bool(method.get("gradient_checkpointing", False))
         if self.confine_to_mask and self.spec.mask is None:
             raise UserError(f"confine_to_mask needs a method with a mask (sfron, salun), not {self.method}")
+        # ESD has no remain steps and no Fisher mask: its remain images would never be used.
+        self.uses_remain_data = self.remain_steps or self.spec.mask == "fisher"
         self.negative_guidance = float(method.get("negative_guidance", 1.0))
         self.config = sfron_config(recipe)
         self.fisher = dict(recipe.get("fisher", {}))
@@ -259,23 +277,34 @@ def loader(dataset: TensorDataset, batch_size: int, seed: int) -> DataLoader:
 
 
 def cached_images(pipeline, settings: Settings, rows, folder: Path, show_progress: bool, guidance=None, steps=None,
-                  samples: int = 1) -> list[Path]:
-    """Generate (or reuse) one image per row; a manifest ties the folder to what produced it."""
+                  samples: int = 1, fresh: bool = False) -> list[Path]:
+    """Generate (or reuse) one image per row; a manifest ties the folder to what produced it.
+
+    `fresh` starts over (the erased model's samples). Under several processes the main process alone
+    prepares the folder, the images are split between processes, and all of them are written before
+    any process returns.
+    """
     manifest = {
         "model": settings.model, "rows": [[r.prompt, r.seed] for r in rows], "samples": samples,
         "guidance": guidance or settings.guidance, "steps": steps or settings.inference_steps,
         "height": settings.height, "width": settings.width,
     }
     manifest_path = folder / "manifest.json"
-    if folder.exists() and (not manifest_path.is_file() or json.loads(manifest_path.read_text()) != manifest):
-        shutil.rmtree(folder)  # made by another model or settings: start over
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(manifest, manifest_path)
+    state = PartialState()
+    if state.is_main_process:
+        stale = not manifest_path.is_file() or json.loads(manifest_path.read_text()) != manifest
+        if folder.exists() and (fresh or stale):
+            shutil.rmtree(folder)  # made by another model or settings: start over
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(manifest, manifest_path)
+    state.wait_for_everyone()
     sd.generate_images(
         pipeline, rows, folder, samples_per_prompt=samples, batch_size=settings.generate_batch_size,
         num_inference_steps=manifest["steps"], guidance=manifest["guidance"], height=settings.height,
-        width=settings.width, show_progress=show_progress, desc=f"generating {folder.name}",
+        width=settings.width, show_progress=show_progress and state.is_local_main_process,
+        desc=f"generating {folder.name}",
     )
+    state.wait_for_everyone()
     return [folder / sd.image_name(r, k) for r in rows for k in range(samples)]
 
 
@@ -287,7 +316,7 @@ def build_mask(settings: Settings, unet, eps_loss, forget_batches, remain_batche
     mask, _ = method_mask(settings.spec, unet, eps_loss, forget_batches, remain_batches, settings.config.gamma,
                           fisher_batches=num_batches, salun_fraction=float(fisher_cfg.get("salun_fraction", 0.5)),
                           seed=settings.config.seed, cache=cache, accelerator=accelerator, show_progress=show_progress)
-    if mask is not None:
+    if mask is not None and accelerator.is_main_process:
         save_mask(mask, out_dir / "mask.safetensors", metadata={"method": settings.method, "gamma": str(settings.config.gamma)})
     return mask
 
@@ -371,25 +400,21 @@ def evaluate(pipeline, settings: Settings, probe: Probe, accelerator, name: str,
     if judge is not None:
 
         def generate(rows, folder, samples):
-            if name == "after" and folder.exists():
-                shutil.rmtree(folder)  # the erased model changes from run to run
-            with accelerator.autocast():
+            with accelerator.autocast():  # after: the erased model changes from run to run, so start over
                 return cached_images(pipeline, settings, rows, folder, show_progress, guidance=settings.eval_guidance,
-                                     steps=settings.eval_steps, samples=samples)
+                                     steps=settings.eval_steps, samples=samples, fresh=name == "after")
 
-        return result | judge.evaluate(generate, settings.out_dir, name)
+        return result | judge.evaluate(generate, settings.out_dir, name, score=accelerator.is_main_process)
     folders = {}
     for which, rows in (("forget", settings.forget_rows), ("remain", settings.remain_rows)):
         unique = {r.prompt: None for r in rows}
         eval_rows = prompt_rows(list(unique), seed=settings.eval_seed)
         folder = settings.out_dir / "samples" / name / which
-        if name == "after" and folder.exists():
-            shutil.rmtree(folder)  # the erased model changes from run to run
-        with accelerator.autocast():
+        with accelerator.autocast():  # after: the erased model changes from run to run, so start over
             cached_images(pipeline, settings, eval_rows, folder, show_progress, guidance=settings.eval_guidance,
-                          steps=settings.eval_steps, samples=settings.eval_samples)
+                          steps=settings.eval_steps, samples=settings.eval_samples, fresh=name == "after")
         folders[which] = folder
-    if settings.nudenet:
+    if settings.nudenet and accelerator.is_main_process:  # scored once, by the main process
         from erase.eval.nudity import evaluate_folder
 
         for which, folder in folders.items():

@@ -94,16 +94,23 @@ class DigitJudge:
         labels = torch.tensor([label for _, label in pairs for _ in range(samples)])
         return rows, labels
 
-    def evaluate(self, generate, out_dir: Path, name: str) -> dict:
-        """generate(rows, folder, samples) -> image paths; returns the judged figures of one model."""
+    def evaluate(self, generate, out_dir: Path, name: str, score: bool = True) -> dict:
+        """generate(rows, folder, samples) -> image paths; returns the judged figures of one model.
+
+        score=False only generates (the other processes of a run: the main one scores and writes).
+        """
         from erase.eval.fid import classifier_extractor, fid_kid
 
+        paths = {}
+        for which in ("forget", "paraphrase", "remain"):
+            samples = self.remain_samples if which == "remain" else self.samples
+            paths[which] = generate(self.rows(which)[0], out_dir / "samples" / name / which, samples)
+        if not score:
+            return {}
         result, images = {}, {}
         for which in ("forget", "paraphrase", "remain"):
-            rows, labels = self.rows(which)
-            samples = self.remain_samples if which == "remain" else self.samples
-            paths = generate(rows, out_dir / "samples" / name / which, samples)
-            images[which] = (load_uint8(paths), labels)
+            labels = self.rows(which)[1]
+            images[which] = (load_uint8(paths[which]), labels)
             predictions = self.classifier.logits(images[which][0]).argmax(-1)
             per_digit = {int(d): float((predictions[labels == d] == d).float().mean()) for d in labels.unique()}
             if which == "remain":
