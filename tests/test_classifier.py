@@ -66,12 +66,12 @@ def test_save_and_load_round_trip(tmp_path, arch):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--dataset", "digits", "--forget", "class", "--forget-class", "12"], "--forget-class must be in [0, 9]"),
-        (["--dataset", "digits", "--forget", "random", "--fraction", "1.5"], "--fraction must be between 0 and 1"),
+        (["--dataset", "digits", "--forget", "class", "--forget-class", "12"], "forget.class must be in [0, 9]"),
+        (["--dataset", "digits", "--forget", "random", "--fraction", "1.5"], "forget.fraction must be below 1"),
         (["--dataset", "/no/such/folder", "--forget", "random"], "neither digits"),
         (["--dataset", "cifar10", "--forget", "random", "--data-root", "{tmp}/empty"], "nothing is downloaded"),
         (["--dataset", "digits", "--forget", "random", "--model", "{tmp}/missing.safetensors"], "no such classifier"),
-        (["--dataset", "digits", "--forget", "random", "--set", "sfron.lr=-1"], "lr must be > 0"),
+        (["--dataset", "digits", "--forget", "random", "--set", "sfron.lr=-1"], "sfron.lr must be in (0, ∞)"),
     ],
 )
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, argv, message):

@@ -17,7 +17,8 @@ from erase.core.methods import (
 )
 from erase.core.sfron import SFRonConfig
 from erase.families import ddpm
-from erase.families.classifier import DigitCNN, batches, cross_entropy_loss, random_other_labels
+from erase.data.loader import loader
+from erase.families.classifier import DigitCNN, cross_entropy_loss, random_other_labels
 from erase.workflows import ddpm_class
 
 
@@ -25,8 +26,8 @@ def _tiny_problem():
     torch.manual_seed(0)
     model = DigitCNN(num_classes=3, width=4)
     images, labels = torch.randn(24, 1, 8, 8), torch.randint(0, 3, (24,))
-    forget = batches(TensorDataset(images[:8], labels[:8]), 4, seed=0)
-    remain = batches(TensorDataset(images[8:], labels[8:]), 4, seed=1)
+    forget = loader(TensorDataset(images[:8], labels[:8]), 4, seed=0)
+    remain = loader(TensorDataset(images[8:], labels[8:]), 4, seed=1)
     return model, forget, remain
 
 

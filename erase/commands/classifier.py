@@ -72,8 +72,6 @@ def build_recipe(args) -> dict:
         if args.forget_class is not None:
             raise UserError("--forget-class goes with --forget class, not --forget random")
         if args.fraction is not None:
-            if not 0 < args.fraction < 1:
-                raise UserError(f"--fraction must be between 0 and 1, got {args.fraction}")
             forget["fraction"] = args.fraction
     else:
         if args.fraction is not None:

@@ -14,9 +14,10 @@ import json
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from erase.core.sfron import SFRonConfig, unlearn
+from erase.data.loader import loader
 
 ARCHITECTURES = ("digit-cnn", "resnet18")
 
@@ -166,14 +167,6 @@ def class_forget_split(labels: torch.Tensor, forget_class: int) -> tuple[torch.T
     return chosen.nonzero().flatten(), (~chosen).nonzero().flatten()
 
 
-def batches(dataset: Dataset, batch_size: int, seed: int, shuffle: bool = True, drop_last: bool = True) -> DataLoader:
-    """A DataLoader with its own seeded generator, so runs repeat exactly."""
-    return DataLoader(
-        dataset, batch_size=min(batch_size, len(dataset)), shuffle=shuffle, drop_last=drop_last and shuffle,
-        generator=torch.Generator().manual_seed(seed),
-    )
-
-
 def random_other_labels(num_classes: int, seed: int = 0):
     """RL/SalUn's batch transform: each label becomes a uniformly drawn *other* class."""
     generator = torch.Generator().manual_seed(seed)
@@ -193,7 +186,7 @@ def probabilities(model: nn.Module, dataset: Dataset, batch_size: int = 512) -> 
     model.eval()
     device = next(model.parameters()).device
     probs, labels = [], []
-    for inputs, targets in batches(dataset, batch_size, seed=0, shuffle=False):
+    for inputs, targets in loader(dataset, batch_size, seed=0, shuffle=False):
         probs.append(F.softmax(model(inputs.to(device)).float(), dim=-1).cpu())
         labels.append(torch.as_tensor(targets))
     model.train(was_training)

@@ -11,10 +11,11 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
 from erase.core.sharding import draw_rows
+from erase.data.loader import loader
 from erase.errors import UserError
 from erase.families.ddpm_pipeline import ClassConditionalDDPMPipeline
 from erase.families.diffusion import guided_away, noised_batch, per_sample_mse
@@ -128,15 +129,6 @@ def class_split(images: torch.Tensor, labels: torch.Tensor, forget_class: int):
     return (images[forget], labels[forget]), (images[~forget], labels[~forget])
 
 
-def batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int, seed: int) -> DataLoader:
-    """A shuffling DataLoader with its own seeded generator, so runs repeat exactly."""
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(
-        TensorDataset(images, labels), batch_size=min(batch_size, len(labels)), shuffle=True,
-        drop_last=True, generator=generator,
-    )
-
-
 @torch.no_grad()
 def sample(
     pipeline: ClassConditionalDDPMPipeline,
@@ -184,8 +176,8 @@ def pretrain(
     loss_fn = epsilon_loss(scheduler, class_dropout, null_class=unet.config.num_class_embeds - 1)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
     lr_schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.05)
-    loader = batches(images, labels, batch_size, seed)
-    model, optimizer, loader, lr_schedule = accelerator.prepare(unet, optimizer, loader, lr_schedule)
+    data = loader(TensorDataset(images, labels), batch_size, seed)
+    model, optimizer, data, lr_schedule = accelerator.prepare(unet, optimizer, data, lr_schedule)
     ema = copy.deepcopy(accelerator.unwrap_model(model)).eval().requires_grad_(False)
     ema_params = list(ema.parameters())
     model_params = list(accelerator.unwrap_model(model).parameters())
@@ -193,7 +185,7 @@ def pretrain(
     bar = tqdm(total=steps, desc="pretraining DDPM", disable=not show_progress)
     model.train()
     while step < steps:
-        for batch in loader:
+        for batch in data:
             with accelerator.autocast():
                 loss = loss_fn(model, batch).mean()
             optimizer.zero_grad(set_to_none=True)

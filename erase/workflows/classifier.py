@@ -1,12 +1,12 @@
 """Classifier unlearning end to end: forget a random subset or a class, score UA/RA/TA/MIA, compare to retraining.
 
-Recipe sections used (pipelines/classifier-*.toml): family = "classifier", task = "random" | "class";
-[data] dataset ("digits", "cifar10", "cifar100", "svhn" or an image-folder path), root, image_size,
-batch_size; [forget] fraction, class, seed; [model] arch, path (a trained classifier; empty: train one
-here); [train] the training of the original and of the retrained reference (SFRonConfig fields, run
-through the core loop with remain steps only); [method] name; [sfron] (SFRonConfig fields); [fisher]
-batches (0: one full pass), salun_fraction; [per_method.NAME] overrides of [sfron] for one method
-(settings tuned per method); [eval] retrain, retrained (path), mia_feature, seed; [output] dir.
+The recipe (pipelines/classifier-*.toml) is read into `Settings`: family = "classifier", task = "random"
+| "class"; [data] dataset ("digits", "cifar10", "cifar100", "svhn" or an image-folder path), root,
+image_size, batch_size; [forget] fraction, class, seed; [model] arch, path (a trained classifier; empty:
+train one here); [train] the training of the original and of the retrained reference (SFRonConfig
+fields, run through the core loop with remain steps only); [method] name; [sfron] (SFRonConfig fields);
+[fisher] batches (0: one full pass), salun_fraction; [per_method.NAME] overrides of [sfron] for one
+method (settings tuned per method); [eval] retrain, retrained (path), mia_feature, seed; [output] dir.
 
 Every method runs through `erase.core.sfron.unlearn`; `erase.core.methods` turns its name into the
 objective and mask it uses, and only those differ.
@@ -24,15 +24,87 @@ from torch.utils.data import Dataset, Subset, TensorDataset
 
 from erase.core.methods import METHODS, forget_objective, method_mask, method_spec
 from erase.core.io import atomic_write_json, atomic_write_text
+from erase.data.loader import loader
 from erase.core.saliency import mask_stats, save_mask
 from erase.core.sfron import SFRonConfig, unlearn
 from erase.errors import UserError
 from erase.eval.report import format_table, save_loss_plot
 from erase.eval.unlearning import METRICS, MIA_FEATURES, gaps, unlearning_metrics
 from erase.families import classifier as family
-from erase.recipes import resolve_path, to_toml
+from erase.recipes import key, read_settings, resolve_path, to_toml, unknown_key
+from erase.workflows.settings import Method, Output, sfron_config
 
 TASKS = ("random", "class")
+
+
+@dataclass
+class Data:
+    dataset: str = key("digits")  # digits | cifar10 | cifar100 | svhn | an image folder
+    root: str = key("")
+    image_size: int = key(0, low=0)  # 0: the images' own size
+    batch_size: int = key(64, low=1)
+
+
+@dataclass
+class Forget:
+    fraction: float = key(0.1, above=0, below=1)  # task random
+    forget_class: int | None = key(None, name="class", low=0)  # task class
+    seed: int = key(0, low=0)
+
+
+@dataclass
+class Model:
+    arch: str = key("", choices=("", *family.ARCHITECTURES))  # empty: digit-cnn on digits, else resnet18
+    path: str = key("")  # a trained classifier (safetensors); empty: train one with [train]
+
+
+@dataclass
+class ClassifierMethod(Method):
+    name: str = key("sfron", choices=tuple(METHODS))
+
+
+@dataclass
+class Fisher:
+    batches: int = key(0, low=0)  # 0: one full pass over the forget and the remain set
+    salun_fraction: float = key(0.5, above=0, high=1)
+
+
+@dataclass
+class Eval:
+    retrain: bool = key(False)
+    retrained: str = key("")
+    mia_feature: str = key("confidence", choices=MIA_FEATURES)
+    seed: int = key(0, low=0)
+
+
+@dataclass
+class Settings:
+    """A classifier recipe, typed: every key it may hold, its type and range."""
+
+    family: str = key("classifier")
+    task: str = key("random", choices=TASKS)
+    data: Data = key(factory=Data)
+    forget: Forget = key(factory=Forget)
+    model: Model = key(factory=Model)
+    train: SFRonConfig = key(factory=SFRonConfig)
+    method: ClassifierMethod = key(factory=ClassifierMethod)
+    sfron: SFRonConfig = key(factory=SFRonConfig)
+    per_method: dict = key(factory=dict)
+    fisher: Fisher = key(factory=Fisher)
+    eval: Eval = key(factory=Eval)
+    output: Output = key(factory=Output)
+
+
+def read(recipe: dict) -> Settings:
+    """The recipe as Settings, every [per_method.NAME] table checked too; mistakes are reported before any work."""
+    settings = read_settings(Settings, recipe)
+    for method in settings.per_method:
+        if method not in METHODS:
+            raise UserError(unknown_key(f"per_method.{method}", list(METHODS), "per_method"))
+        method_config(recipe, method)
+    if settings.task == "class" and settings.forget.forget_class is None:
+        raise UserError('task = "class" needs forget.class')
+    return settings
 
 
 @dataclass
@@ -70,10 +142,9 @@ class Setup:
 def run(recipe: dict, show_progress: bool = True) -> dict:
     """Run a classifier-unlearning recipe; returns the metrics written to OUT/metrics.json."""
     started = time.perf_counter()
-    out_dir = output_dir(recipe)
-    method = recipe.get("method", {}).get("name", "sfron")
-    if method not in METHODS:
-        raise UserError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    settings = read(recipe)
+    out_dir = settings.output.folder("runs/classifier")
+    method = settings.method.name
     config = method_config(recipe, method)
     setup = prepare(recipe, show_progress=show_progress)
 
@@ -101,58 +172,43 @@ def prepare(recipe: dict, show_progress: bool = True) -> Setup:
     Every user mistake is raised as a UserError here, before anything is written.
     """
     started = time.perf_counter()
-    task = recipe.get("task", "random")
-    if task not in TASKS:
-        raise UserError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
-    data_cfg, forget_cfg = recipe.get("data", {}), recipe.get("forget", {})
-    model_cfg, eval_cfg, fisher_cfg = recipe.get("model", {}), recipe.get("eval", {}), recipe.get("fisher", {})
-    train_config = sfron_config(recipe.get("train", {}), "train")
-    mia_feature = eval_cfg.get("mia_feature", "confidence")
-    if mia_feature not in MIA_FEATURES:
-        raise UserError(f"eval.mia_feature must be one of {', '.join(MIA_FEATURES)}, got {mia_feature!r}")
-    salun_fraction = float(fisher_cfg.get("salun_fraction", 0.5))
-    if not 0 < salun_fraction <= 1:
-        raise UserError(f"fisher.salun_fraction must be in (0, 1], got {salun_fraction}")
-    batch_size = int(data_cfg.get("batch_size", 64))
-    if batch_size < 1:
-        raise UserError(f"data.batch_size must be at least 1, got {batch_size}")
-    retrained_path = eval_cfg.get("retrained") or None
-    model_path = model_cfg.get("path") or None
-    for path in (model_path, retrained_path):
+    settings = read(recipe)
+    task, data, forget, evaluation = settings.task, settings.data, settings.forget, settings.eval
+    train_config, batch_size = settings.train, data.batch_size
+    retrained_path = evaluation.retrained or None
+    model_path = settings.model.path or None
+    for name, path in (("model.path", model_path), ("eval.retrained", retrained_path)):
         if path and not resolve_path(path).is_file():
-            raise UserError(f"no such classifier weights: {path}")
+            raise UserError(f"{name}: no such classifier weights: {path}")
 
-    train, test, num_classes, labels = open_datasets(data_cfg)
-    forget_indices, remain_indices = split(task, forget_cfg, labels, num_classes)
+    train, test, num_classes, labels = open_datasets(data)
+    forget_indices, remain_indices = split(task, forget, labels, num_classes)
     test_kept = test
     if task == "class":
         test_labels = dataset_labels(test)
-        test_kept = Subset(test, (test_labels != int(forget_cfg["class"])).nonzero().flatten().tolist())
+        test_kept = Subset(test, (test_labels != forget.forget_class).nonzero().flatten().tolist())
 
     in_channels, image_size = train[0][0].shape[0], train[0][0].shape[-1]
-    arch = model_cfg.get("arch", "digit-cnn" if data_cfg.get("dataset", "digits") == "digits" else "resnet18")
-    if arch not in family.ARCHITECTURES:
-        raise UserError(f"model.arch must be one of {', '.join(family.ARCHITECTURES)}, got {arch!r}")
-    fisher_batches = int(fisher_cfg.get("batches", 0)) or None
+    arch = settings.model.arch or ("digit-cnn" if data.dataset == "digits" else "resnet18")
     setup = Setup(
         task=task, num_classes=num_classes, train=train, test=test, forget_indices=forget_indices,
         remain_indices=remain_indices, test_kept=test_kept, original=None, batch_size=batch_size,
-        fisher_batches=fisher_batches, salun_fraction=salun_fraction, mia_feature=mia_feature,
-        eval_seed=int(eval_cfg.get("seed", 0)),
+        fisher_batches=settings.fisher.batches or None, salun_fraction=settings.fisher.salun_fraction,
+        mia_feature=evaluation.mia_feature, eval_seed=evaluation.seed,
     )
     if model_path:
         setup.original = load_model(model_path, num_classes)
     else:
         fresh = fresh_model(arch, num_classes, in_channels, image_size, train_config.seed)
-        setup.original = family.fit(fresh, family.batches(train, batch_size, train_config.seed), train_config, show_progress)
+        setup.original = family.fit(fresh, loader(train, batch_size, train_config.seed), train_config, show_progress)
         setup.trained_here = True
     setup.original_metrics = evaluate(setup.original, setup)
     if retrained_path:
         setup.retrained = load_model(retrained_path, num_classes)
-    elif eval_cfg.get("retrain", False):
+    elif evaluation.retrain:
         fresh = fresh_model(arch, num_classes, in_channels, image_size, train_config.seed)
         setup.retrained = family.fit(
-            fresh, family.batches(setup.remain_set, batch_size, train_config.seed), train_config, show_progress
+            fresh, loader(setup.remain_set, batch_size, train_config.seed), train_config, show_progress
         )
     if setup.retrained is not None:
         setup.retrained_metrics = evaluate(setup.retrained, setup)
@@ -166,8 +222,8 @@ def run_method(setup: Setup, method: str, config: SFRonConfig, show_progress: bo
     model = copy.deepcopy(setup.original)
     torch.manual_seed(config.seed)
     started = time.perf_counter()
-    forget_batches = family.batches(setup.forget_set, setup.batch_size, config.seed)
-    remain_batches = family.batches(setup.remain_set, setup.batch_size, config.seed + 1)
+    forget_batches = loader(setup.forget_set, setup.batch_size, config.seed)
+    remain_batches = loader(setup.remain_set, setup.batch_size, config.seed + 1)
     mask, _ = method_mask(spec, model, family.cross_entropy_loss, forget_batches, remain_batches, config.gamma,
                           setup.fisher_batches, setup.salun_fraction, seed=config.seed, show_progress=False)
     relabel = family.random_other_labels(setup.num_classes, config.seed)
@@ -210,9 +266,9 @@ def evaluate(model: torch.nn.Module, setup: Setup) -> dict[str, float]:
 # --- recipe pieces -------------------------------------------------------------------------------
 
 
-def open_datasets(data_cfg: dict) -> tuple[Dataset, Dataset, int, torch.Tensor]:
+def open_datasets(data: Data) -> tuple[Dataset, Dataset, int, torch.Tensor]:
     """(train set, test set, number of classes, train labels) for digits or a dataset on disk."""
-    name = str(data_cfg.get("dataset", "digits"))
+    name = data.dataset
     if name == "digits":
         from erase.data.digits import NUM_CLASSES, load_digits_tensors
 
@@ -221,8 +277,8 @@ def open_datasets(data_cfg: dict) -> tuple[Dataset, Dataset, int, torch.Tensor]:
         return TensorDataset(train_images, train_labels), TensorDataset(test_images, test_labels), NUM_CLASSES, train_labels
     from erase.data.images import open_image_dataset
 
-    size = int(data_cfg.get("image_size", 0)) or None
-    root = data_cfg.get("root") or None
+    size = data.image_size or None
+    root = data.root or None
     folder = Path(name)
     if folder.is_dir() and not ((folder / "train").is_dir() and (folder / "test").is_dir()):
         raise UserError(f"{name} needs train/ and test/ sub-folders, each with one folder per class")
@@ -243,41 +299,30 @@ def dataset_labels(dataset: Dataset) -> torch.Tensor:
     return image_labels(dataset)
 
 
-def split(task: str, forget_cfg: dict, labels: torch.Tensor, num_classes: int):
+def split(task: str, forget: Forget, labels: torch.Tensor, num_classes: int):
     """Forget/remain indices of the training set for a random subset or a class."""
-    seed = int(forget_cfg.get("seed", 0))
     if task == "random":
-        fraction = float(forget_cfg.get("fraction", 0.1))
         try:
-            return family.random_forget_split(len(labels), fraction, seed)
+            return family.random_forget_split(len(labels), forget.fraction, forget.seed)
         except ValueError as error:
-            raise UserError(f"--fraction: {error}") from None
-    if "class" not in forget_cfg:
-        raise UserError("class-wise forgetting needs a class to forget (--forget-class K)")
-    forget_class = int(forget_cfg["class"])
-    if not 0 <= forget_class < num_classes:
-        raise UserError(f"--forget-class must be in [0, {num_classes - 1}], got {forget_class}")
+            raise UserError(f"forget.fraction: {error}") from None
+    if not 0 <= forget.forget_class < num_classes:
+        raise UserError(f"forget.class must be in [0, {num_classes - 1}], got {forget.forget_class}")
     try:
-        return family.class_forget_split(labels, forget_class)
+        return family.class_forget_split(labels, forget.forget_class)
     except ValueError as error:
-        raise UserError(str(error)) from None
+        raise UserError(f"forget.class: {error}") from None
 
 
 def method_config(recipe: dict, method: str) -> SFRonConfig:
     """[sfron], with the recipe's [per_method.<method>] values on top."""
     overrides = recipe.get("per_method", {}).get(method, {})
+    if not isinstance(overrides, dict):
+        raise UserError(f"per_method.{method} must be a table of [sfron] keys, got {overrides!r}")
     if "steps" in overrides:
         raise UserError(f"per_method.{method} may not set steps: every method gets the same step budget")
-    return sfron_config({**recipe.get("sfron", {}), **overrides}, f"sfron + per_method.{method}" if overrides else "sfron")
-
-
-def sfron_config(values: dict, section: str) -> SFRonConfig:
-    try:
-        config = SFRonConfig.from_dict(dict(values))
-        config.validate()
-    except (TypeError, ValueError) as error:
-        raise UserError(f"[{section}] {error}") from None
-    return config
+    where = f"per_method.{method}" if overrides else "sfron"
+    return sfron_config({**recipe.get("sfron", {}), **overrides}, where)
 
 
 def fresh_model(arch: str, num_classes: int, in_channels: int, image_size: int, seed: int) -> torch.nn.Module:
@@ -293,13 +338,6 @@ def load_model(path, num_classes: int) -> torch.nn.Module:
     if model.config.get("num_classes") != num_classes:
         raise UserError(f"{path} predicts {model.config.get('num_classes')} classes; the dataset has {num_classes}")
     return model
-
-
-def output_dir(recipe: dict) -> Path:
-    out_dir = Path(recipe.get("output", {}).get("dir", "runs/classifier"))
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"output {out_dir} exists and is not a folder")
-    return out_dir
 
 
 def describe_forget(recipe: dict) -> str:
