@@ -32,7 +32,7 @@ from erase.eval.report import format_table, save_loss_plot
 from erase.eval.unlearning import METRICS, MIA_FEATURES, gaps, unlearning_metrics
 from erase.families import classifier as family
 from erase.recipes import key, read_settings, resolve_path, to_toml, unknown_key
-from erase.workflows.settings import Method, Output, sfron_config
+from erase.workflows.settings import Output, sfron_config
 
 TASKS = ("random", "class")
 
@@ -59,7 +59,7 @@ class Model:
 
 
 @dataclass
-class ClassifierMethod(Method):
+class ClassifierMethod:
     name: str = key("sfron", choices=tuple(METHODS))
 
 

@@ -30,5 +30,7 @@ class Output:
 
 @dataclass
 class Method:
+    """[method] of the diffusion class workflows (class DDPM, DiT)."""
+
     name: str = key("sfron")
     negative_guidance: float = key(1.0, above=0)  # ESD's η
