@@ -43,6 +43,7 @@ from erase.families.classifier import load_classifier, predict
 from erase.recipes import key, read_settings, resolve_path
 from erase.workflows.records import write_run_records
 from erase.workflows.settings import Method, Output
+from erase.workflows.timings import PhaseTimer
 
 # The shared METHODS, and ESD: DDPM and DiT have the null class it needs.
 CLASS_METHODS = (*METHODS, "esd")
@@ -142,6 +143,7 @@ def read(recipe: dict) -> Settings:
 def run(recipe: dict, show_progress: bool = True) -> dict:
     """Run a class-forgetting recipe end to end; returns the metrics written to metrics.json."""
     started = time.perf_counter()
+    timer = PhaseTimer()
     settings = read(recipe)
     forget_class, spec, config = settings.forget.forget_class, settings.method.spec, settings.sfron
     if forget_class is None:
@@ -150,30 +152,41 @@ def run(recipe: dict, show_progress: bool = True) -> dict:
     torch.manual_seed(config.seed)
 
     pipeline = ddpm.load_or_build_pipeline(asdict(settings.model))  # a folder/hub id, or random_init for speed runs
+    accelerator = process_accelerator(pipeline, config, settings.data.batch_size)
     num_classes = pipeline.num_classes
     if not 0 <= forget_class < num_classes:
         raise UserError(f"forget.class must be in [0, {num_classes - 1}], got {forget_class}")
     evaluator = make_evaluator(settings, num_classes, forget_class)
+    main = accelerator.is_main_process  # evaluates and writes; the others share the Fisher pass and the loop
 
-    before = evaluator.evaluate(pipeline, "before")
+    with timer("evaluate"):
+        before = evaluator.evaluate(pipeline, "before") if main else None
     erase_started = time.perf_counter()
-    mask, history, _ = erase_class(settings, pipeline, spec, config, forget_class, out_dir, show_progress=show_progress)
+    mask, history, _ = erase_class(settings, pipeline, spec, config, forget_class, out_dir, show_progress=show_progress,
+                                   accelerator=accelerator, timer=timer)
     stats = mask_stats(mask) if mask is not None else None
     erase_seconds = time.perf_counter() - erase_started
 
-    after = evaluator.evaluate(pipeline, "after")
-    with atomic_directory(out_dir / "model") as model_dir:
-        pipeline.save_pretrained(model_dir)
-    save_grid(before.pop("grid"), out_dir / "grid_before.png", nrow=num_classes)
-    save_grid(after.pop("grid"), out_dir / "grid_after.png", nrow=num_classes)
-    save_loss_plot(history, out_dir / "loss.png", title=f"{spec.name}: forgetting class {forget_class}")
+    with timer("evaluate"):
+        after = evaluator.evaluate(pipeline, "after") if main else None
+    accelerator.wait_for_everyone()
+    if not main:
+        return {"steps": config.steps, "seconds": round(time.perf_counter() - started, 2)}
+    with timer("export"):
+        with atomic_directory(out_dir / "model") as model_dir:
+            pipeline.save_pretrained(model_dir)
+        save_grid(before.pop("grid"), out_dir / "grid_before.png", nrow=num_classes)
+        save_grid(after.pop("grid"), out_dir / "grid_after.png", nrow=num_classes)
+        save_loss_plot(history, out_dir / "loss.png", title=f"{spec.name}: forgetting class {forget_class}")
     metrics = {
         "family": "ddpm",
         "method": spec.name,
         "forgotten_class": forget_class,
         "steps": config.steps,
+        "processes": accelerator.num_processes,
         "seconds": round(time.perf_counter() - started, 2),
         "seconds_erase": round(erase_seconds, 2),
+        "timings": timer.timings(config.steps),
         "mask_fraction": stats["fraction"] if stats else 1.0,
         "before": before,
         "after": after,
@@ -211,21 +224,25 @@ def class_batches(data: Data, images, labels, forget_class: int, seed: int):
 
 
 def erase_class(settings: Settings, pipeline, spec, config, forget_class: int, work_dir: Path,
-                show_progress: bool = True, on_step=None):
+                show_progress: bool = True, on_step=None, accelerator=None, timer: PhaseTimer | None = None):
     """The erase half of a run, in place on pipeline.unet: data, the method's mask, the loop.
 
     Returns (mask or None, the loop's history, seconds spent building the mask). Benchmarks call
-    this too, so what they measure is exactly what `erase run` does.
+    this too, so what they measure is exactly what `erase run` does. With an accelerator of several
+    processes, the Fisher pass and the loop are split across them (erase.core.sharding).
     """
+    timer = timer or PhaseTimer()
     unet, scheduler = pipeline.unet, pipeline.scheduler
-    images, labels = training_data(settings.data, pipeline)
+    with timer("generate"):  # self-generated data (data.dataset = "generated"); real data loads in no time
+        images, labels = training_data(settings.data, pipeline)
     forget_batches, remain_batches = class_batches(settings.data, images, labels, forget_class, config.seed)
     loss_fn = ddpm.epsilon_loss(scheduler)
 
     unet.requires_grad_(True)
     started = time.perf_counter()
-    mask = class_mask(spec, settings.fisher, unet, loss_fn, forget_batches, remain_batches, config, work_dir,
-                      {"forget_class": forget_class, "data": asdict(settings.data)}, show_progress)
+    with timer("fisher"):
+        mask = class_mask(spec, settings.fisher, unet, loss_fn, forget_batches, remain_batches, config, work_dir,
+                          {"forget_class": forget_class, "data": asdict(settings.data)}, show_progress, accelerator)
     mask_seconds = time.perf_counter() - started
     descent = None
     if spec is ESD:
@@ -233,22 +250,36 @@ def erase_class(settings: Settings, pipeline, spec, config, forget_class: int, w
     elif spec.forget == "descent":
         descent = ddpm.class_mapping_loss(scheduler, pipeline.num_classes)
     objective = forget_objective(spec, loss_fn, config.temperature, descent)
-    history = unlearn(unet, objective, loss_fn, forget_batches, remain_batches, config, mask=mask,
-                      on_step=on_step, show_progress=show_progress)
+    with timer("loop"):
+        history = unlearn(unet, objective, loss_fn, forget_batches, remain_batches, config, mask=mask,
+                          accelerator=accelerator, on_step=on_step, show_progress=show_progress)
     unet.requires_grad_(False)
     return mask, history, mask_seconds
 
 
+def process_accelerator(pipeline, config: SFRonConfig, batch_size: int):
+    """The run's Accelerator, on the pipeline's kind of device (the digits model stays on the CPU); under
+    `accelerate launch` each process moves the pipeline to its own device. The batch is the global batch."""
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=pipeline.device.type == "cpu")
+    if batch_size % accelerator.num_processes:
+        raise UserError(f"data.batch_size {batch_size} is the global batch: make it a multiple of the "
+                        f"{accelerator.num_processes} processes")
+    pipeline.to(accelerator.device)
+    return accelerator
+
+
 def class_mask(spec, fisher: Fisher, model, loss_fn, forget_batches, remain_batches, config, out_dir: Path,
-               data: dict, show_progress: bool = True):
+               data: dict, show_progress: bool = True, accelerator=None):
     """The method's mask (erase.core.methods), saved in OUT; the Fisher is cached in OUT under a key of
     the trained weights, `data` (the forgotten class and data settings), batches and seed, so
     `fisher.reuse` reads back only diagonals computed for this very run (e.g. by `erase fisher`)."""
     cache = FisherCache(out_dir, fisher_key(model, data, fisher.batches, config.seed), reuse=fisher.reuse)
     mask, _ = method_mask(spec, model, loss_fn, forget_batches, remain_batches, config.gamma,
                           fisher_batches=fisher.batches, salun_fraction=fisher.salun_fraction, seed=config.seed,
-                          cache=cache, show_progress=show_progress)
-    if mask is not None:
+                          cache=cache, accelerator=accelerator, show_progress=show_progress)
+    if mask is not None and (accelerator is None or accelerator.is_main_process):
         save_mask(mask, out_dir / "mask.safetensors", metadata={"method": spec.name, "gamma": str(config.gamma)})
     return mask
 
