@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
 from safetensors import safe_open
 from torch.utils.data import TensorDataset
 from safetensors.torch import load_file
@@ -24,6 +25,7 @@ from erase.core.io import (
     atomic_save_tensors,
 )
 from erase.core.methods import ESD, forget_objective
+from erase.core.sharding import draw_rows
 from erase.core.saliency import mask_stats
 from erase.core.sfron import SFRonConfig, unlearn
 from erase.data.loader import loader
@@ -32,9 +34,10 @@ from erase.eval.report import format_table, save_grid, save_loss_plot
 from erase.eval.verdict import verdict
 from erase.families import ddpm, dit
 from erase.recipes import key, read_settings
-from erase.workflows.ddpm_class import ClassMethod, Eval, Fisher, class_mask
+from erase.workflows.ddpm_class import ClassMethod, Eval, Fisher, class_mask, process_accelerator
 from erase.workflows.records import write_run_records
 from erase.workflows.settings import Output
+from erase.workflows.timings import PhaseTimer
 
 # Classes shown and scored besides the forgotten one (the official visualisation classes).
 DEFAULT_EVAL_CLASSES = [207, 360, 387, 972, 89, 979, 417, 279, 270, 980]
@@ -94,6 +97,7 @@ class Settings:
 def run(recipe: dict, show_progress: bool = True) -> dict:
     """Run a DiT class-forgetting recipe end to end; returns the metrics written to metrics.json."""
     started = time.perf_counter()
+    timer = PhaseTimer()
     settings = read_settings(Settings, recipe)
     out_dir = settings.output.folder("runs/dit-class")
     spec, config = settings.method.spec, settings.sfron
@@ -102,15 +106,19 @@ def run(recipe: dict, show_progress: bool = True) -> dict:
     torch.manual_seed(config.seed)
 
     pipeline = dit.load_or_build_pipeline(asdict(settings.model))
+    accelerator = process_accelerator(pipeline, config, settings.data.batch_size)
+    main = accelerator.is_main_process  # evaluates and writes; the others share generation, Fisher and loop
     forget_class = dit.class_id(pipeline, settings.forget.forget_class)
     transformer = pipeline.transformer
     data = asdict(settings.data)
     dataset = open_training_folder(settings.data.dataset, pipeline, forget_class)  # bad data fails before any work
     evaluator = make_evaluator(settings.eval, pipeline, forget_class)
 
-    before = evaluator.evaluate(pipeline, "before")
+    with timer("evaluate"):
+        before = evaluator.evaluate(pipeline, "before") if main else None
     erase_started = time.perf_counter()
-    (f_latents, f_labels), (r_latents, r_labels) = cached_latents(data, pipeline, forget_class, out_dir, dataset)
+    with timer("generate" if dataset is None else "encode"):  # generated chunks are encoded as they come
+        (f_latents, f_labels), (r_latents, r_labels) = cached_latents(data, pipeline, forget_class, out_dir, dataset)
     forget_batches = loader(TensorDataset(f_latents, f_labels), settings.data.batch_size, config.seed)
     remain_batches = loader(TensorDataset(r_latents, r_labels), settings.data.batch_size, config.seed + 1)
     loss_fn = dit.epsilon_loss(pipeline.scheduler)
@@ -119,36 +127,45 @@ def run(recipe: dict, show_progress: bool = True) -> dict:
     dropout = dit.set_label_dropout(transformer, 0.0)  # always condition on the real class
     try:
         key_data = {k: v for k, v in data.items() if k != "reuse_latents"}
-        mask = class_mask(spec, settings.fisher, transformer, loss_fn, forget_batches, remain_batches, config,
-                          out_dir, {"forget_class": forget_class, "data": key_data}, show_progress)
+        with timer("fisher"):
+            mask = class_mask(spec, settings.fisher, transformer, loss_fn, forget_batches, remain_batches, config,
+                              out_dir, {"forget_class": forget_class, "data": key_data}, show_progress, accelerator)
         stats = mask_stats(mask) if mask is not None else None
         descent = None
         if spec is ESD:  # the frozen copy is taken now: the original weights, label dropout off
             teacher = copy.deepcopy(transformer).requires_grad_(False).eval()
             descent = dit.class_esd_loss(pipeline.scheduler, teacher, settings.method.negative_guidance)
         objective = forget_objective(spec, loss_fn, config.temperature, descent, relabel=other_classes)
-        history = unlearn(transformer, objective, loss_fn, forget_batches, remain_batches, config, mask=mask,
-                          show_progress=show_progress)
+        with timer("loop"):
+            history = unlearn(transformer, objective, loss_fn, forget_batches, remain_batches, config, mask=mask,
+                              accelerator=accelerator, show_progress=show_progress)
     finally:
         dit.restore_label_dropout(transformer, dropout)
         transformer.requires_grad_(False)
     transformer.eval()
     erase_seconds = time.perf_counter() - erase_started
 
-    after = evaluator.evaluate(pipeline, "after")
-    with atomic_directory(out_dir / "model") as model_dir:
-        pipeline.save_pretrained(model_dir)
-    save_grid(before.pop("grid"), out_dir / "grid_before.png", nrow=evaluator.grid_columns, scale=1)
-    save_grid(after.pop("grid"), out_dir / "grid_after.png", nrow=evaluator.grid_columns, scale=1)
-    save_loss_plot(history, out_dir / "loss.png", title=f"{spec.name}: forgetting ImageNet class {forget_class}")
+    with timer("evaluate"):
+        after = evaluator.evaluate(pipeline, "after") if main else None
+    accelerator.wait_for_everyone()
+    if not main:
+        return {"steps": config.steps, "seconds": round(time.perf_counter() - started, 2)}
+    with timer("export"):
+        with atomic_directory(out_dir / "model") as model_dir:
+            pipeline.save_pretrained(model_dir)
+        save_grid(before.pop("grid"), out_dir / "grid_before.png", nrow=evaluator.grid_columns, scale=1)
+        save_grid(after.pop("grid"), out_dir / "grid_after.png", nrow=evaluator.grid_columns, scale=1)
+        save_loss_plot(history, out_dir / "loss.png", title=f"{spec.name}: forgetting ImageNet class {forget_class}")
     metrics = {
         "family": "dit",
         "method": spec.name,
         "forgotten_class": forget_class,
         "forgotten_class_name": dit.class_name(pipeline, forget_class),
         "steps": config.steps,
+        "processes": accelerator.num_processes,
         "seconds": round(time.perf_counter() - started, 2),
         "seconds_erase": round(erase_seconds, 2),
+        "timings": timer.timings(config.steps),
         "mask_fraction": stats["fraction"] if stats else 1.0,
         "forget_latents": len(f_labels),
         "remain_latents": len(r_labels),
@@ -163,7 +180,7 @@ def run(recipe: dict, show_progress: bool = True) -> dict:
 def other_classes(batch):
     """RL/SalUn on DiT (no class-mapping loss): train the forget latents under uniformly drawn other labels."""
     latents, labels = batch
-    shift = torch.randint(1, dit.NULL_CLASS, labels.shape, device=labels.device)
+    shift = draw_rows(lambda n: torch.randint(1, dit.NULL_CLASS, (n,), device=labels.device), len(labels))
     return latents, (labels + shift) % dit.NULL_CLASS
 
 
@@ -216,7 +233,8 @@ def cached_latents(data: dict, pipeline, forget_class: int, out_dir: Path, datas
     (f_latents, f_labels), (r_latents, r_labels) = training_latents(data, pipeline, forget_class, dataset)
     tensors = {"forget_latents": f_latents, "forget_labels": f_labels, "remain_latents": r_latents,
                "remain_labels": r_labels}
-    atomic_save_tensors({k: v.contiguous() for k, v in tensors.items()}, path, metadata={"key": key})
+    if PartialState().is_main_process:
+        atomic_save_tensors({k: v.contiguous() for k, v in tensors.items()}, path, metadata={"key": key})
     return (f_latents, f_labels), (r_latents, r_labels)
 
 
@@ -263,14 +281,18 @@ def training_latents(data: dict, pipeline, forget_class: int, dataset=None):
 
 
 def encode_in_chunks(pipeline, make_images, count: int, chunk: int, seed: int) -> torch.Tensor:
-    """Latents of `count` images; make_images(i, slice) gives chunk i as [-1, 1] images."""
+    """Latents of `count` images; make_images(i, slice) gives chunk i as [-1, 1] images. Each chunk is
+    seeded by its index, so under several processes the chunks are split between them and gathered."""
+    from accelerate.utils import gather_object
     from tqdm.auto import tqdm
 
+    state = PartialState()
     out = []
-    for i, start in enumerate(tqdm(range(0, count, chunk), desc="encoding latents", leave=False)):
-        images = make_images(i, slice(start, start + chunk))
-        out.append(dit.encode(pipeline.vae, images, batch_size=chunk, seed=seed * 1_000_003 + i))
-    return torch.cat(out)
+    with state.split_between_processes(list(enumerate(range(0, count, chunk)))) as mine:
+        for i, start in tqdm(mine, desc="encoding latents", leave=False, disable=not state.is_local_main_process):
+            images = make_images(i, slice(start, start + chunk))
+            out.append(dit.encode(pipeline.vae, images, batch_size=chunk, seed=seed * 1_000_003 + i))
+    return torch.cat(gather_object(out) if state.num_processes > 1 else out)
 
 
 def summary_table(metrics: dict) -> str:
