@@ -102,11 +102,17 @@ def build_recipe(args) -> dict:
 
 
 def run_classifier(args) -> int:
+    from accelerate import PartialState
+
     from erase.workflows.classifier import run, summary_table
+    from erase.workflows.timings import summary_line
 
     recipe = build_recipe(args)
     metrics = run(recipe)
+    if not PartialState().is_main_process:
+        return 0  # under accelerate launch the main process reports
     print(summary_table(metrics))
     gap = f", average gap to retraining {100 * metrics['avg_gap']:.2f} points" if "avg_gap" in metrics else ""
     print(f"{metrics['method']}: {metrics['steps']} steps in {metrics['seconds']:.1f} s{gap}; run folder: {args.out}")
+    print(summary_line(metrics["timings"]))
     return 0

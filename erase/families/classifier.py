@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from erase.core.sfron import SFRonConfig, unlearn
+from erase.core.sharding import draw_rows
 from erase.data.loader import loader
 
 ARCHITECTURES = ("digit-cnn", "resnet18")
@@ -173,7 +174,8 @@ def random_other_labels(num_classes: int, seed: int = 0):
 
     def relabel(batch):
         inputs, labels = batch
-        shift = torch.randint(1, num_classes, labels.shape, generator=generator).to(labels.device)
+        shift = draw_rows(lambda n: torch.randint(1, num_classes, (n,), generator=generator), len(labels))
+        shift = shift.to(labels.device)  # drawn for the whole batch under several processes (erase.core.sharding)
         return inputs, (labels + shift) % num_classes
 
     return relabel

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
 from torch.utils.data import Dataset, Subset, TensorDataset
 
 from erase.core.methods import METHODS, forget_objective, method_mask, method_spec
@@ -33,6 +34,7 @@ from erase.eval.unlearning import METRICS, MIA_FEATURES, gaps, unlearning_metric
 from erase.families import classifier as family
 from erase.recipes import key, read_settings, resolve_path, to_toml, unknown_key
 from erase.workflows.settings import Output, sfron_config
+from erase.workflows.timings import PhaseTimer
 
 TASKS = ("random", "class")
 
@@ -148,19 +150,24 @@ def run(recipe: dict, show_progress: bool = True) -> dict:
     config = method_config(recipe, method)
     setup = prepare(recipe, show_progress=show_progress)
 
-    model, metrics, history, mask = run_method(setup, method, config, show_progress=show_progress)
+    timer = PhaseTimer()
+    model, metrics, history, mask = run_method(setup, method, config, show_progress=show_progress, timer=timer)
     metrics["seconds_total"] = round(time.perf_counter() - started, 2)
+    if not PartialState().is_main_process:
+        return metrics  # under accelerate launch the main process writes the run folder
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    family.save_classifier(model.cpu(), out_dir / "model.safetensors")
-    if setup.trained_here:
-        family.save_classifier(setup.original.cpu(), out_dir / "original.safetensors")
-    if setup.retrained is not None:
-        family.save_classifier(setup.retrained.cpu(), out_dir / "retrained.safetensors")
-    if mask is not None:
-        save_mask(mask, out_dir / "mask.safetensors", metadata={"method": method, "gamma": str(config.gamma)})
-        atomic_write_json(mask_stats(mask), out_dir / "mask_stats.json")
-    save_loss_plot(history, out_dir / "loss.png", title=f"{method}: forgetting {describe_forget(recipe)}")
+    with timer("export"):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        family.save_classifier(model.cpu(), out_dir / "model.safetensors")
+        if setup.trained_here:
+            family.save_classifier(setup.original.cpu(), out_dir / "original.safetensors")
+        if setup.retrained is not None:
+            family.save_classifier(setup.retrained.cpu(), out_dir / "retrained.safetensors")
+        if mask is not None:
+            save_mask(mask, out_dir / "mask.safetensors", metadata={"method": method, "gamma": str(config.gamma)})
+            atomic_write_json(mask_stats(mask), out_dir / "mask_stats.json")
+        save_loss_plot(history, out_dir / "loss.png", title=f"{method}: forgetting {describe_forget(recipe)}")
+    metrics["timings"] = timer.timings(config.steps)
     atomic_write_json({**metrics, "history": history}, out_dir / "metrics.json")
     atomic_write_text(to_toml(recipe), out_dir / "config.toml")
     return metrics
@@ -216,29 +223,35 @@ def prepare(recipe: dict, show_progress: bool = True) -> Setup:
     return setup
 
 
-def run_method(setup: Setup, method: str, config: SFRonConfig, show_progress: bool = True):
+def run_method(setup: Setup, method: str, config: SFRonConfig, show_progress: bool = True,
+               timer: PhaseTimer | None = None):
     """Unlearn a copy of the original with one method; returns (model, metrics, history, mask)."""
+    timer = timer or PhaseTimer()
     spec = method_spec(method)
     model = copy.deepcopy(setup.original)
     torch.manual_seed(config.seed)
     started = time.perf_counter()
     forget_batches = loader(setup.forget_set, setup.batch_size, config.seed)
     remain_batches = loader(setup.remain_set, setup.batch_size, config.seed + 1)
-    mask, _ = method_mask(spec, model, family.cross_entropy_loss, forget_batches, remain_batches, config.gamma,
-                          setup.fisher_batches, setup.salun_fraction, seed=config.seed, show_progress=False)
+    with timer("fisher"):
+        mask, _ = method_mask(spec, model, family.cross_entropy_loss, forget_batches, remain_batches, config.gamma,
+                              setup.fisher_batches, setup.salun_fraction, seed=config.seed, show_progress=False)
     relabel = family.random_other_labels(setup.num_classes, config.seed)
     objective = forget_objective(spec, family.cross_entropy_loss, config.temperature, relabel=relabel)
-    history = unlearn(
-        model, objective, family.cross_entropy_loss, forget_batches, remain_batches, config, mask=mask,
-        show_progress=show_progress,
-    )
+    with timer("loop"):
+        history = unlearn(
+            model, objective, family.cross_entropy_loss, forget_batches, remain_batches, config, mask=mask,
+            show_progress=show_progress,
+        )
     seconds = time.perf_counter() - started
+    with timer("evaluate"):
+        scores = evaluate(model, setup)
     metrics = {
         "family": "classifier",
         "task": setup.task,
         "method": method,
         "steps": config.steps,
-        **evaluate(model, setup),
+        **scores,
         "seconds": round(seconds, 2),
         "mask_fraction": mask_stats(mask)["fraction"] if mask is not None else 1.0,
         "forget_size": len(setup.forget_indices),
@@ -255,7 +268,10 @@ def run_method(setup: Setup, method: str, config: SFRonConfig, show_progress: bo
 
 
 def evaluate(model: torch.nn.Module, setup: Setup) -> dict[str, float]:
-    """UA, RA, TA, MIA of one model on this setup's splits."""
+    """UA, RA, TA, MIA of one model on this setup's splits (NaN on the other processes of an `accelerate
+    launch`: the main process evaluates and writes)."""
+    if not PartialState().is_main_process:
+        return dict.fromkeys(METRICS, float("nan"))
     forget = family.probabilities(model, setup.forget_set)
     remain = family.probabilities(model, setup.remain_set)
     test = family.probabilities(model, setup.test)
