@@ -13,10 +13,8 @@ import hashlib
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file
 
-from erase.core.io import atomic_save_tensors
+from erase.core.io import atomic_save_tensors, read_tensors
 from erase.errors import EraseError, UserError
 
 FORMAT = "erase-patch/1"
@@ -85,15 +83,7 @@ def save_patch(base, new, path, base_model: str, component: str = "unet") -> dic
 
 def read_patch(path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """(tensors, metadata) of a patch file; a UserError when it is not one."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"no such patch file: {path}")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as error:
-        raise UserError(f"{path} is not a safetensors file: {str(error).splitlines()[0][:120]}") from None
+    tensors, metadata = read_tensors(path, "an erasure patch")
     if metadata.get("format") != FORMAT:
         raise UserError(f"{path} is not an erase patch (format {metadata.get('format')!r}, expected {FORMAT!r})")
     return tensors, metadata

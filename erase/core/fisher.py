@@ -6,10 +6,9 @@ from typing import Callable, Iterable
 
 import torch
 from accelerate.utils import send_to_device
-from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
-from erase.core.io import atomic_save_tensors
+from erase.core.io import atomic_save_tensors, read_tensors
 from erase.core.sharding import average_gradients, my_rows, sharded
 
 
@@ -114,7 +113,7 @@ def save_fisher(fisher: dict[str, torch.Tensor], path) -> None:
 
 
 def load_fisher(path) -> dict[str, torch.Tensor]:
-    return load_file(str(path))
+    return read_tensors(path, "Fisher diagonals")[0]
 
 
 def _unwrap(model, accelerator):

@@ -1,5 +1,6 @@
-"""Outputs: written atomically (whole under their final name or not at all, no temporary file left
-behind when a write fails, e.g. on a full disk), and checked before any work starts."""
+"""Files: outputs written atomically (whole under their final name or not at all, no temporary file
+left behind when a write fails, e.g. on a full disk) and checked before any work starts; safetensors
+inputs read with one clear error when they are missing, truncated or not safetensors at all."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from erase.errors import UserError
@@ -44,6 +46,20 @@ def atomic_write_json(obj, path) -> None:
 def atomic_write_text(text: str, path) -> None:
     with atomic_file(path) as tmp:
         tmp.write_text(text)
+
+
+def read_tensors(path, what: str = "weights") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, metadata) of a safetensors file; a missing, truncated or foreign file is a UserError
+    naming it and `what` it should hold."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"no such {what} file: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {name: f.get_tensor(name) for name in f.keys()}, f.metadata() or {}
+    except (SafetensorError, ValueError, RuntimeError) as error:
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
+        raise UserError(f"{path} is not a readable safetensors file of {what}: {reason}") from None
 
 
 def check_output_folder(path, name: str) -> Path:

@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from safetensors import SafetensorError
 
 from erase.core.fisher import fisher_diagonal, gradient_sum, load_fisher, save_fisher, trainable_parameters
 from erase.core.io import atomic_write_json
 from erase.core.losses import ascent_objective, descent_objective
 from erase.core.saliency import gradient_saliency_mask, saliency_mask
+from erase.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -134,7 +134,7 @@ class FisherCache:
             if stored != self.key:
                 return None
             return load_fisher(self.folder / FORGET_FILE), load_fisher(self.folder / REMAIN_FILE)
-        except (OSError, ValueError, AttributeError, SafetensorError):  # missing, foreign or damaged: recompute
+        except (OSError, ValueError, AttributeError, UserError):  # missing, foreign or damaged: recompute
             return None
 
     def save(self, fisher_forget: dict, fisher_remain: dict, info: dict | None = None) -> None:

@@ -8,9 +8,8 @@ data than to the remain data: (F_f + 1e-15) / (F_r + 1e-15) >= γ. SalUn's gradi
 from __future__ import annotations
 
 import torch
-from safetensors.torch import load_file
 
-from erase.core.io import atomic_save_tensors
+from erase.core.io import atomic_save_tensors, read_tensors
 
 EPS = 1e-15
 
@@ -57,4 +56,4 @@ def save_mask(mask: dict[str, torch.Tensor], path, metadata: dict[str, str] | No
 
 
 def load_mask(path) -> dict[str, torch.Tensor]:
-    return {k: v.bool() for k, v in load_file(str(path)).items()}
+    return {k: v.bool() for k, v in read_tensors(path, "a saliency mask")[0].items()}

@@ -16,6 +16,29 @@ from erase.errors import UserError
 TORCHVISION_SETS = {"cifar10": "CIFAR10", "cifar100": "CIFAR100", "svhn": "SVHN"}
 
 
+def read_images_uint8(paths, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """Image files as uint8 N×3×H×W (RGB), resized (bicubic) to size = (height, width) when given. A file
+    that is not a readable image (truncated, corrupt, not an image) is a UserError naming it."""
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    arrays = []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                image = image.convert("RGB")
+                if size is not None and image.size != (size[1], size[0]):
+                    image = image.resize((size[1], size[0]), Image.BICUBIC)
+                arrays.append(np.asarray(image))
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
+            raise UserError(f"{path} is not a readable image: {reason}") from None
+    shapes = {a.shape for a in arrays}
+    if len(shapes) > 1:
+        raise UserError(f"the images mix sizes {sorted(shapes)[:3]}; resize them to one size")
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+
 def image_transform(image_size: int | None, channels: int = 3):
     """Resize (shorter side) + center crop when a size is given; scale to [-1, 1]."""
     from torchvision import transforms

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from erase.core.io import read_tensors
 from erase.errors import UserError
 
 NORMALIZATIONS = {
@@ -121,13 +122,11 @@ def last_linear(model: nn.Module) -> nn.Linear:
 def read_state_dict(path) -> dict[str, torch.Tensor]:
     """safetensors, or a torch.save'd state dict read with weights_only=True; unwraps {'state_dict': ...}
     and {'model': ...} and strips DataParallel's 'module.' prefix."""
-    from safetensors.torch import load_file
-
     path = Path(path)
     if not path.is_file():
         raise UserError(f"no such weights file: {path}")
     if path.suffix == ".safetensors":
-        state = load_file(str(path))
+        state = read_tensors(path, "classifier weights")[0]
     else:
         try:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
@@ -147,10 +146,7 @@ def read_metadata(path) -> dict:
     path = Path(path)
     if path.suffix != ".safetensors" or not path.is_file():
         return {}
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        return f.metadata() or {}
+    return read_tensors(path, "classifier weights")[1]
 
 
 def load_image_classifier(
@@ -224,18 +220,11 @@ def image_files(folder) -> list[Path]:
 
 def load_images_uint8(folder, size: int | None = None, limit: int | None = None) -> torch.Tensor:
     """All images of a folder (recursively, sorted) as uint8 N×3×H×W; `size` resizes them to size×size."""
-    import numpy as np
-    from PIL import Image
+    from erase.data.images import read_images_uint8
 
-    files = image_files(folder)[:limit]
-    arrays = []
-    for path in files:
-        with Image.open(path) as image:
-            image = image.convert("RGB")
-            if size and image.size != (size, size):
-                image = image.resize((size, size), Image.BICUBIC)
-            arrays.append(np.asarray(image))
-    shapes = {a.shape for a in arrays}
-    if len(shapes) > 1:
-        raise UserError(f"{folder} mixes image sizes {sorted(shapes)[:3]}; pass --image-size to resize them")
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    try:
+        return read_images_uint8(image_files(folder)[:limit], (size, size) if size else None)
+    except UserError as error:
+        if "mix sizes" not in str(error):
+            raise
+        raise UserError(f"{folder}: {error}; pass --image-size to resize them") from None

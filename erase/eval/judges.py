@@ -10,9 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-import torch
-
+from erase.data.images import read_images_uint8
 from erase.errors import UserError
 
 JUDGES = ("nudenet", "classifier")
@@ -55,19 +53,8 @@ class ClassifierJudge:
     def __call__(self, paths: list[Path]) -> list[tuple[float, bool]]:
         if not paths:
             return []
-        probabilities = self.classifier.logits(read_uint8(paths)).softmax(-1)
+        probabilities = self.classifier.logits(read_images_uint8(paths)).softmax(-1)
         return [(float(p[self.label]), int(p.argmax()) == self.label) for p in probabilities]
-
-
-def read_uint8(paths: list[Path]) -> torch.Tensor:
-    """Image files (one size) as uint8 N×3×H×W."""
-    from PIL import Image
-
-    arrays = []
-    for path in paths:
-        with Image.open(path) as image:
-            arrays.append(np.asarray(image.convert("RGB")))
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 
 def make_judge(name: str, threshold: float = NUDENET_THRESHOLD, classifier=None, label=None, **classifier_options):

@@ -19,7 +19,6 @@ import re
 import shutil
 from pathlib import Path
 
-import numpy as np
 import torch
 from diffusers import DiffusionPipeline, StableDiffusionPipeline, UNet2DConditionModel
 from safetensors import safe_open
@@ -161,18 +160,10 @@ def encode_images(pipeline, images: torch.Tensor, seed: int = 0, batch_size: int
 
 
 def load_images(paths: list[Path], size: tuple[int, int] | None = None) -> torch.Tensor:
-    """PNG/JPEG files -> float N×3×H×W in [-1, 1] (resized when `size` is given)."""
-    from PIL import Image
+    """PNG/JPEG files -> float N×3×H×W in [-1, 1] (resized when `size` = (height, width) is given)."""
+    from erase.data.images import read_images_uint8
 
-    out = []
-    for path in paths:
-        with Image.open(path) as image:
-            image = image.convert("RGB")
-            if size is not None and image.size != (size[1], size[0]):
-                image = image.resize((size[1], size[0]), Image.BICUBIC)
-            array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
-        out.append(torch.from_numpy(array).permute(2, 0, 1))
-    return torch.stack(out)
+    return read_images_uint8(paths, size).float() / 127.5 - 1.0
 
 
 # --------------------------------------------------------------------------- losses

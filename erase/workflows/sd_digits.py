@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from erase.data.digit_captions import concept_prompts, digits_named, swap_digit
 from erase.data.digits import load_digits_tensors, to_uint8
+from erase.data.images import read_images_uint8
 from erase.data.prompts import PromptRow
 from erase.errors import UserError
 
@@ -110,7 +111,7 @@ class DigitJudge:
         result, images = {}, {}
         for which in ("forget", "paraphrase", "remain"):
             labels = self.rows(which)[1]
-            images[which] = (load_uint8(paths[which]), labels)
+            images[which] = (read_images_uint8(paths[which]), labels)
             predictions = self.classifier.logits(images[which][0]).argmax(-1)
             per_digit = {int(d): float((predictions[labels == d] == d).float().mean()) for d in labels.unique()}
             if which == "remain":
@@ -123,17 +124,6 @@ class DigitJudge:
         result["fid"] = fid_kid(remain_images, self.reference, classifier_extractor(self.classifier), kid=False)["fid"]
         save_digit_grid(images, out_dir / f"grid_{name}.png")
         return result
-
-
-def load_uint8(paths: list[Path]) -> torch.Tensor:
-    import numpy as np
-    from PIL import Image
-
-    arrays = []
-    for path in paths:
-        with Image.open(path) as image:
-            arrays.append(np.asarray(image.convert("RGB")))
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 
 def save_digit_grid(images: dict, path: Path, rows: int = 8) -> None:
@@ -166,7 +156,7 @@ def caption_accuracy(pipeline, templates, folder: Path, samples: int = 4, guidan
     rows = [PromptRow(index=i, prompt=p, seed=seed + i) for i, (p, _) in enumerate(pairs)]
     sd.generate_images(pipeline, rows, folder, samples_per_prompt=samples, batch_size=64, num_inference_steps=steps,
                        guidance=guidance, show_progress=False)
-    images = load_uint8([Path(folder) / sd.image_name(r, k) for r in rows for k in range(samples)])
+    images = read_images_uint8([Path(folder) / sd.image_name(r, k) for r in rows for k in range(samples)])
     labels = torch.tensor([d for _, d in pairs for _ in range(samples)])
     predictions = classifier.logits(images).argmax(-1)
     return {d: float((predictions[labels == d] == d).float().mean()) for d in range(10)}
