@@ -9,11 +9,16 @@ from erase.commands.common import add_mixed_precision, positive_float, positive_
 from erase.commands.export import lora_rank
 
 DEFAULT_RECIPE = "pipelines/sd-v1-4-nudity.toml"
+# The bundled text-to-image model has its own recipe (settings for a 0.8M-parameter UNet, digit prompts).
+BUNDLED_RECIPES = {"assets/digits-sd": "pipelines/digits-sd-concept.toml"}
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("sd", help="erase a concept from a Stable Diffusion model (SFR-on, or a baseline)")
     parser.add_argument("--model", default=None, help="SD-1.x diffusers folder or hub id (default CompVis/stable-diffusion-v1-4)")
+    parser.add_argument("--recipe", default=None,
+                        help="recipe the options fill in (default pipelines/sd-v1-4-nudity.toml; for the bundled "
+                             "assets/digits-sd, pipelines/digits-sd-concept.toml)")
     parser.add_argument("--forget-prompt", action="append", default=None, metavar="P",
                         help="prompt of the concept to erase (repeatable; default 'a photo of a nude person')")
     parser.add_argument("--anchor-prompt", action="append", default=None, metavar="A",
@@ -51,7 +56,7 @@ def register(subparsers) -> None:
 def build_recipe(args) -> dict:
     from erase.recipes import apply_overrides, load_recipe, resolve_path
 
-    recipe = load_recipe(resolve_path(DEFAULT_RECIPE))
+    recipe = load_recipe(resolve_path(args.recipe or default_recipe(args.model)))
     options = {
         ("model", "path"): args.model,
         ("forget", "prompts"): args.forget_prompt,
@@ -86,6 +91,17 @@ def build_recipe(args) -> dict:
         recipe["remain"].pop("prompts_file", None)
     recipe.setdefault("output", {})["dir"] = args.out
     return apply_overrides(recipe, args.overrides)
+
+
+def default_recipe(model: str | None) -> str:
+    """The bundled model's own recipe when --model names it, else the SD v1.4 nudity recipe."""
+    from erase.recipes import resolve_path
+
+    if model is not None:
+        for bundled, recipe in BUNDLED_RECIPES.items():
+            if resolve_path(model).resolve() == resolve_path(bundled).resolve():
+                return recipe
+    return DEFAULT_RECIPE
 
 
 def run_sd(args) -> int:
