@@ -178,6 +178,21 @@ def test_baselines_share_the_harness(method, train, tiny_sd, tmp_path, capsys):
         assert 0 < metrics["mask_fraction"] < 1
 
 
+def test_the_training_sets_can_be_sampled_with_another_sampler(tiny_sd, tmp_path, capsys):
+    run = tmp_path / "dpm"
+    code, _, err = run_cli(["sd", "--model", tiny_sd, "--steps", 1, "--out", run, "--eval-samples", 1,
+                            "--set", "data.sampler=dpm-multistep", "--set", "eval.nudenet=false", *TINY], capsys)
+    assert code == 0, err
+    for which in ("forget", "remain"):
+        assert json.loads((run / "data" / which / "manifest.json").read_text())["sampler"] == "DPMSolverMultistepScheduler"
+    # the evaluation keeps the pipeline's own sampler, so runs with different training sets compare
+    assert json.loads((run / "samples" / "after" / "forget" / "manifest.json").read_text())["sampler"] == "DDIMScheduler"
+    assert StableDiffusionPipeline.from_pretrained(run / "model").scheduler.__class__.__name__ == "DDIMScheduler"
+    code, _, err = run_cli(["sd", "--model", tiny_sd, "--out", tmp_path / "bad", "--set", "data.sampler=euler", *TINY],
+                           capsys)
+    assert code == 2 and "data.sampler" in err
+
+
 def test_train_selections_follow_esd(tiny_sd):
     """noxattn is ESD-u as the ESD authors' script selects it: the weights and biases of every Linear and
     Conv2d layer outside cross-attention; norm layers stay frozen. xattn is attn2 only, full everything."""

@@ -18,6 +18,7 @@ import hashlib
 import json
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +54,9 @@ from erase.workflows.timings import PhaseTimer
 METHODS = ("sfron", "ga", "rl", "salun", "esd")
 DEFAULT_FORGET_LOSS = {"sfron": "mapping", "rl": "mapping", "salun": "mapping", "ga": "ascent"}
 # SD defaults (official SFR-on SD script): Adam lr 1e-5, forget/remain weight 1, no decay.
+# Samplers for the self-generated sets: the pipeline's own scheduler, DDIM, or the multistep DPM-Solver++
+# (2nd order), which needs fewer steps for the same images.
+SAMPLERS = {"pipeline": None, "ddim": "DDIMScheduler", "dpm-multistep": "DPMSolverMultistepScheduler"}
 PROBE_IMAGES = 8  # forget and remain images the before/after probe losses are measured on
 SFRON_DEFAULTS = dict(steps=1000, lr=1e-5, forget_alpha=1.0, remain_alpha=1.0, decay_forget_alpha=False, grad_clip=1.0)
 
@@ -79,7 +83,7 @@ def run(recipe: dict, show_progress: bool = True) -> dict:
     # Data: self-generated images (cached), encoded once. Remain images only as many as are used: all for
     # remain steps or the Fisher mask; otherwise (ESD) the probe's few.
     remain_rows = settings.remain_rows if settings.uses_remain_data else settings.remain_rows[:PROBE_IMAGES]
-    with timer("generate"), accelerator.autocast():
+    with timer("generate"), accelerator.autocast(), sampler(pipeline, settings.sampler):
         forget_paths = cached_images(pipeline, settings, settings.forget_rows, out_dir / "data" / "forget", show_progress)
         remain_paths = cached_images(pipeline, settings, remain_rows, out_dir / "data" / "remain", show_progress)
     with timer("encode"):  # every process encodes every image (a few % of the generation's work)
@@ -201,6 +205,7 @@ class Data:
     generate_batch_size: int = key(8, low=1)
     guidance: float = key(7.5, low=0)
     inference_steps: int = key(50, low=1)
+    sampler: str = key("pipeline", choices=tuple(SAMPLERS))  # of the self-generated sets (evaluation: the pipeline's)
     height: int = key(0, low=0)  # 0: the model's size
     width: int = key(0, low=0)
     seed: int = key(0, low=0)
@@ -281,6 +286,7 @@ class Settings:
         self.seed = data.seed
         self.num_images, self.batch_size = data.num_images, data.batch_size
         self.generate_batch_size, self.guidance, self.inference_steps = data.generate_batch_size, data.guidance, data.inference_steps
+        self.sampler = data.sampler
         self.height, self.width = data.height, data.width
         for name, value in (("height", self.height), ("width", self.width)):
             if value % 8:
@@ -332,6 +338,7 @@ def cached_images(pipeline, settings: Settings, rows, folder: Path, show_progres
     manifest = {
         "model": settings.model, "rows": [[r.prompt, r.seed] for r in rows], "samples": samples,
         "guidance": guidance or settings.guidance, "steps": steps or settings.inference_steps,
+        "sampler": type(pipeline.scheduler).__name__,
         "height": settings.height, "width": settings.width,
     }
     manifest_path = folder / "manifest.json"
@@ -353,6 +360,22 @@ def cached_images(pipeline, settings: Settings, rows, folder: Path, show_progres
     return [folder / sd.image_name(r, k) for r in rows for k in range(samples)]
 
 
+@contextmanager
+def sampler(pipeline, name: str):
+    """Within the block the pipeline samples with `name` (SAMPLERS), built from its own scheduler's config."""
+    if SAMPLERS[name] is None:
+        yield
+        return
+    import diffusers
+
+    original = pipeline.scheduler
+    pipeline.scheduler = getattr(diffusers, SAMPLERS[name]).from_config(original.config)
+    try:
+        yield
+    finally:
+        pipeline.scheduler = original
+
+
 def build_mask(settings: Settings, unet, eps_loss, forget_batches, remain_batches, accelerator, out_dir: Path, show_progress):
     """The method's mask (erase.core.methods), saved in OUT; the Fisher is cached there under its key."""
     num_batches = settings.fisher.batches
@@ -370,7 +393,8 @@ def _fisher_key(settings: Settings, unet, num_batches: int) -> dict:
     rows = json.dumps([[r.prompt, r.seed] for r in settings.forget_rows + settings.remain_rows])
     return {"weights": weights_fingerprint(unet), "model": settings.model, "train": settings.train,
             "data": hashlib.sha256(rows.encode()).hexdigest(), "guidance": settings.guidance,
-            "inference_steps": settings.inference_steps, "batches": num_batches, "batch_size": settings.batch_size,
+            "inference_steps": settings.inference_steps, "sampler": settings.sampler, "batches": num_batches,
+            "batch_size": settings.batch_size,
             "seed": settings.config.seed, "height": settings.height, "width": settings.width,
             "mixed_precision": settings.config.mixed_precision}
 
