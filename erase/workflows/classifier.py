@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from accelerate import PartialState
+from accelerate import Accelerator, PartialState
 from torch.utils.data import Dataset, Subset, TensorDataset
 
 from erase.core.methods import METHODS, forget_objective, method_mask, method_spec
@@ -228,20 +228,22 @@ def run_method(setup: Setup, method: str, config: SFRonConfig, show_progress: bo
     """Unlearn a copy of the original with one method; returns (model, metrics, history, mask)."""
     timer = timer or PhaseTimer()
     spec = method_spec(method)
-    model = copy.deepcopy(setup.original)
+    accelerator = Accelerator(mixed_precision=config.mixed_precision)  # several processes: Fisher and loop split
+    model = copy.deepcopy(setup.original).to(accelerator.device)
     torch.manual_seed(config.seed)
     started = time.perf_counter()
     forget_batches = loader(setup.forget_set, setup.batch_size, config.seed)
     remain_batches = loader(setup.remain_set, setup.batch_size, config.seed + 1)
     with timer("fisher"):
         mask, _ = method_mask(spec, model, family.cross_entropy_loss, forget_batches, remain_batches, config.gamma,
-                              setup.fisher_batches, setup.salun_fraction, seed=config.seed, show_progress=False)
+                              setup.fisher_batches, setup.salun_fraction, seed=config.seed, accelerator=accelerator,
+                              show_progress=False)
     relabel = family.random_other_labels(setup.num_classes, config.seed)
     objective = forget_objective(spec, family.cross_entropy_loss, config.temperature, relabel=relabel)
     with timer("loop"):
         history = unlearn(
             model, objective, family.cross_entropy_loss, forget_batches, remain_batches, config, mask=mask,
-            show_progress=show_progress,
+            accelerator=accelerator, show_progress=show_progress,
         )
     seconds = time.perf_counter() - started
     with timer("evaluate"):
