@@ -26,7 +26,8 @@ def add_run_arguments(parser: argparse.ArgumentParser, recipe: str, steps_defaul
                         help="default sfron")
     parser.add_argument("--lr", type=positive_float, default=None, help=lr_help)
     parser.add_argument("--gamma", type=positive_float, default=None, help="saliency threshold γ (default 1)")
-    parser.add_argument("--batch-size", type=positive_int, default=None, help="batch size (default: the recipe's)")
+    parser.add_argument("--batch-size", type=positive_int, default=None, help="training batch, global: under accelerate launch each of N processes takes batch/N of "
+                             "every batch (a multiple of N; default: the recipe's)")
     parser.add_argument("--inception-weights", default=None, help="local Inception weights for FID (nothing is downloaded)")
     parser.add_argument("--no-fid", action="store_true", help="skip FID")
     parser.add_argument("--recipe", default=recipe, help=f"recipe to start from (default {recipe})")

@@ -36,7 +36,8 @@ def register(subparsers) -> None:
                         help="recompute UNet activations in the backward pass: batch 16 at 512² in ~16 GiB")
     parser.add_argument("--gamma", type=positive_float, default=None, help="saliency threshold γ (default 1)")
     parser.add_argument("--lr", type=positive_float, default=None, help="learning rate (default 1e-5)")
-    parser.add_argument("--batch-size", type=positive_int, default=None, help="training batch (default 2)")
+    parser.add_argument("--batch-size", type=positive_int, default=None, help="training batch, global: under accelerate launch each of N processes takes batch/N of "
+                             "every batch (a multiple of N; default 2)")
     parser.add_argument("--height", type=positive_int, default=None, help="image height (default 512)")
     parser.add_argument("--width", type=positive_int, default=None, help="image width (default 512)")
     parser.add_argument("--inference-steps", type=positive_int, default=None, help="denoising steps when generating (default 50)")
