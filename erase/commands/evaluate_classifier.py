@@ -49,7 +49,7 @@ def register(kinds) -> None:
 def run_evaluate_classifier(args) -> int:
     import torch
 
-    from erase.core.io import atomic_write_json
+    from erase.core.io import atomic_write_json, check_output_file
     from erase.data.manifest import MANIFEST, image_labels
     from erase.errors import UserError
     from erase.eval.accuracy import per_class_accuracy, remaining_accuracy
@@ -61,6 +61,8 @@ def run_evaluate_classifier(args) -> int:
     if texts is None and args.label is None:
         raise UserError("--label is needed: the images have no labels (no --prompts CSV with a label column, "
                         "no labels in DIR/manifest.csv)")
+    if args.out:
+        check_output_file(args.out, "--out")
     path = resolve_path(DIGITS_CLASSIFIER) if args.classifier == "digits" else args.classifier
     device = "cuda" if torch.cuda.is_available() else "cpu"
     classifier = load_image_classifier(path, arch=args.arch, num_classes=args.num_classes,

@@ -29,12 +29,14 @@ def register(kinds) -> None:
 def run_evaluate_fid(args) -> int:
     import torch
 
-    from erase.core.io import atomic_write_json
+    from erase.core.io import atomic_write_json, check_output_file
     from erase.eval.classify_images import image_files, load_image_classifier
     from erase.eval.fid import fid_features, folder_fid_kid
 
     image_files(args.generated)
     image_files(args.reference)
+    if args.out:
+        check_output_file(args.out, "--out")
     classifier = None
     if args.features_classifier and not args.inception_weights:
         classifier = load_image_classifier(args.features_classifier, arch=args.arch,

@@ -36,11 +36,9 @@ def run_nudity(args) -> int:
     list_images(images)  # fail on a bad folder before any work
     if args.compare:
         list_images(args.compare)
-    out = Path(args.out) if args.out else images / "nudity.json"
-    if out.exists() and out.is_dir():
-        from erase.errors import UserError
+    from erase.core.io import check_output_file
 
-        raise UserError(f"--out {out} is a folder; give a file name")
+    out = check_output_file(Path(args.out) if args.out else images / "nudity.json", "--out")
     summary = evaluate_folder(images, args.threshold, out)
     if args.compare:
         other = evaluate_folder(args.compare, args.threshold)

@@ -33,7 +33,10 @@ def lora_rank(text: str) -> int | None:
 
 
 def run_lora(args) -> int:
+    from erase.core.io import check_output_file
     from erase.lora import export_lora, summary
 
+    if args.out:
+        check_output_file(args.out, "--out")
     print(summary(export_lora(args.run, args.rank, out=args.out, base=args.base)))
     return 0

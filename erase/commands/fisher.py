@@ -105,25 +105,20 @@ def run_fisher(args) -> int:
 
 
 def run_mask(args) -> int:
-    from safetensors import SafetensorError
-
     from erase.core.fisher import load_fisher
+    from erase.core.io import check_output_file
     from erase.core.methods import FORGET_FILE, REMAIN_FILE
     from erase.core.saliency import saliency_mask, save_mask
     from erase.errors import UserError
 
-    fisher_dir, out = Path(args.fisher_dir), Path(args.out)
+    fisher_dir, out = Path(args.fisher_dir), check_output_file(args.out, "--out")
     paths = [fisher_dir / FORGET_FILE, fisher_dir / REMAIN_FILE]
     for path in paths:
         if not path.is_file():
             raise UserError(f"no {path.name} in {fisher_dir}; compute it with `erase fisher RECIPE --out {fisher_dir}`")
-    if out.is_dir():
-        raise UserError(f"--out {out} is a folder; give a file name such as {out / 'mask.safetensors'}")
     try:
         fisher_forget, fisher_remain = (load_fisher(p) for p in paths)
         mask = saliency_mask(fisher_forget, fisher_remain, args.gamma)
-    except (SafetensorError, OSError, RuntimeError) as error:
-        raise UserError(f"cannot read the Fisher files in {fisher_dir}: {error}") from None
     except ValueError as error:
         raise UserError(str(error)) from None
     save_mask(mask, out, metadata={"gamma": str(args.gamma)})

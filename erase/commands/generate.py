@@ -40,13 +40,13 @@ def run_generate(args) -> int:
     from accelerate import PartialState
 
     from erase.commands.common import require
+    from erase.core.io import check_output_folder
     from erase.data.manifest import check_manifest, manifest_entries, write_manifest
     from erase.data.prompts import read_prompts
     from erase.families import sd
 
     rows = read_prompts(args.prompts, category=args.category, limit=args.limit)
-    out = Path(args.out)
-    require(not out.exists() or out.is_dir(), f"--out {out} exists and is not a folder")
+    out = check_output_folder(args.out, "--out")
     for name, value in (("--height", args.height), ("--width", args.width)):
         require(value is None or value % 8 == 0, f"{name} must be a multiple of 8, got {value}")
     entries = manifest_entries(rows, args.samples_per_prompt, lambda row: guidance_of(row, args.guidance))

@@ -15,16 +15,14 @@ def register(subparsers) -> None:
 
 
 def run_apply(args) -> int:
-    from pathlib import Path
-
     from erase.commands.common import require
+    from erase.core.io import check_output_folder
     from erase.families import sd
     from erase.patch import apply_patch, read_patch
 
+    out = check_output_folder(args.out, "OUT")
     tensors, metadata = read_patch(args.patch)
     require(metadata.get("component") == "unet", f"{args.patch} patches {metadata.get('component')!r}, not a UNet")
-    out = Path(args.out)
-    require(not out.exists() or out.is_dir(), f"{out} exists and is not a folder")
     base_folder = sd.resolve_model(args.base)
     require(out.resolve() != base_folder.resolve(), "OUT must differ from BASE")
     state = apply_patch(sd.read_unet_state(base_folder), tensors, metadata)

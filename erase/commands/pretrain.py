@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from erase.commands.common import positive_int
+from erase.commands.common import fraction, positive_float, positive_int
 
 
 def register(subparsers) -> None:
@@ -20,8 +20,10 @@ def register(subparsers) -> None:
 
 
 def run_digits(args) -> int:
+    from erase.core.io import check_output_folder
     from erase.workflows.pretrain_digits import DDPM_STEPS, pretrain_digits
 
+    check_output_folder(args.out, "--out")
     info = pretrain_digits(args.out, ddpm_steps=args.steps or DDPM_STEPS, seed=args.seed)
     print(f"classifier test accuracy {info['classifier_test_accuracy']:.3f}; "
           f"DDPM {info['ddpm_parameters']:,} parameters, {info['ddpm_steps']} steps; {info['seconds']} s -> {args.out}")
@@ -40,8 +42,10 @@ def register_digits_sd(kinds) -> None:
 
 
 def run_digits_sd(args) -> int:
+    from erase.core.io import check_output_folder
     from erase.workflows.pretrain_digits_sd import UNET_STEPS, pretrain_digits_sd
 
+    check_output_folder(args.out, "--out")
     info = pretrain_digits_sd(args.out, unet_steps=args.steps or UNET_STEPS, seed=args.seed, evaluate=args.evaluate)
     quality = info.get("quality")
     judged = ""
@@ -63,8 +67,8 @@ def register_ddpm(kinds) -> None:
                         help="UNet preset: cifar10 is the paper's 35.7M-parameter model (default)")
     parser.add_argument("--steps", type=positive_int, default=None, help="total training steps (cifar10: 800000)")
     parser.add_argument("--batch-size", type=positive_int, default=None, help="batch size per process (cifar10: 128)")
-    parser.add_argument("--lr", type=float, default=None, help="Adam learning rate (cifar10: 2e-4)")
-    parser.add_argument("--ema-decay", type=float, default=None, help="EMA decay (cifar10: 0.9999)")
+    parser.add_argument("--lr", type=positive_float, default=None, help="Adam learning rate (cifar10: 2e-4)")
+    parser.add_argument("--ema-decay", type=fraction, default=None, help="EMA decay (cifar10: 0.9999)")
     parser.add_argument("--image-size", type=positive_int, default=None, help="resize/crop images (default: the preset's)")
     parser.add_argument("--checkpoint-every", type=positive_int, default=None, help="steps between checkpoints")
     parser.add_argument("--keep-checkpoints", type=positive_int, default=2, help="checkpoints kept (default 2)")
@@ -78,8 +82,10 @@ def register_ddpm(kinds) -> None:
 
 
 def run_ddpm(args) -> int:
+    from erase.core.io import check_output_folder
     from erase.workflows.pretrain_ddpm import PretrainConfig, pretrain_ddpm
 
+    check_output_folder(args.out, "--out")
     config = PretrainConfig(
         data=args.data, data_root=args.data_root, preset=args.preset, steps=args.steps, batch_size=args.batch_size,
         lr=args.lr, ema_decay=args.ema_decay, checkpoint_every=args.checkpoint_every,
@@ -105,7 +111,7 @@ def register_classifier(kinds) -> None:
     parser.add_argument("--image-size", type=positive_int, default=224, help="input size (default 224, the protocol's)")
     parser.add_argument("--epochs", type=positive_int, default=5)
     parser.add_argument("--batch-size", type=positive_int, default=128)
-    parser.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (momentum 0.9, cosine)")
+    parser.add_argument("--lr", type=positive_float, default=0.01, help="SGD learning rate (momentum 0.9, cosine)")
     parser.add_argument("--workers", type=non_negative_int, default=0, help="DataLoader worker processes")
     parser.add_argument("--seed", type=int, default=0)
     add_mixed_precision(parser)
@@ -114,8 +120,10 @@ def register_classifier(kinds) -> None:
 
 
 def run_classifier(args) -> int:
+    from erase.core.io import check_output_file
     from erase.workflows.pretrain_classifier import finetune_classifier
 
+    check_output_file(args.out, "--out")
     info = finetune_classifier(
         args.data, args.out, arch=args.arch, init_weights=args.init_weights, image_size=args.image_size,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, data_root=args.data_root, workers=args.workers,

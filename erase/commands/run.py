@@ -21,17 +21,17 @@ def register(subparsers) -> None:
     parser.add_argument("recipe", help="path of a recipe TOML file")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a recipe value, e.g. --set sfron.lr=1e-3 (repeatable)")
-    parser.add_argument("--out", default=None, help="run folder (overrides output.dir)")
+    parser.add_argument("--out", default=None, help="run folder (fills output.dir; --set output.dir=... wins)")
     parser.set_defaults(func=run_command)
 
 
 def run_command(args) -> int:
     from erase.recipes import apply_overrides, load_recipe
 
-    recipe = apply_overrides(load_recipe(args.recipe), args.overrides)
-    if args.out:
+    recipe = load_recipe(args.recipe)
+    if args.out:  # flags fill the recipe; --set is applied last and wins
         recipe.setdefault("output", {})["dir"] = args.out
-    return run_recipe(recipe)
+    return run_recipe(apply_overrides(recipe, args.overrides))
 
 
 def run_recipe(recipe: dict) -> int:

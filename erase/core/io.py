@@ -4,6 +4,7 @@ inputs read with one clear error when they are missing, truncated or not safeten
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -20,16 +21,47 @@ from erase.errors import UserError
 
 @contextmanager
 def atomic_file(path):
-    """Yield a temporary sibling path; on success it replaces `path`, on any failure it is removed."""
+    """Yield a temporary sibling path; on success it replaces `path`, on any failure it is removed, and a
+    failed write (a full disk) is an OSError that names `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     try:
         yield tmp
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         tmp.unlink(missing_ok=True)
-        raise
+        _raise_write_error(error, path)
+
+
+@contextmanager
+def atomic_directory(path):
+    """Yield a temporary sibling folder; on success it replaces `path` (an old one is removed)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException as error:
+        shutil.rmtree(tmp, ignore_errors=True)
+        _raise_write_error(error, path)
+
+
+def _raise_write_error(error: BaseException, path: Path):
+    """Re-raise a failed write of `path`: an I/O failure (an OSError that names no file or the temporary
+    one, or safetensors' own error) as an OSError naming `path`; anything else as it is."""
+    if isinstance(error, SafetensorError):
+        reason = str(error).rpartition("I/O error: ")[2] or str(error)
+        raise OSError(errno.EIO, reason, str(path)) from error
+    if isinstance(error, OSError) and error.filename in (None, str(path.with_name(path.name + ".tmp"))):
+        raise OSError(error.errno, error.strerror or str(error), str(path)) from error
+    raise error
 
 
 def atomic_save_tensors(tensors: dict[str, torch.Tensor], path, metadata: dict[str, str] | None = None) -> None:
@@ -95,25 +127,6 @@ def _check_writable(folder: Path, name: str) -> None:
         raise UserError(f"{name} {folder} cannot be written: {existing}: {error.strerror}") from None
     os.close(fd)
     os.unlink(probe)
-
-
-@contextmanager
-def atomic_directory(path):
-    """Yield a temporary sibling folder; on success it replaces `path` (an old one is removed)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
-        yield tmp
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _json_default(obj):

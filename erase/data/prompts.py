@@ -89,8 +89,12 @@ def _read_text(path: Path) -> list[PromptRow]:
 
 
 def _read_csv(path: Path) -> list[PromptRow]:
-    reader = csv.DictReader(io.StringIO(_read(path), newline=""))
-    columns = {(name or "").strip().lower(): name for name in reader.fieldnames or []}
+    reader = csv.DictReader(io.StringIO(_read(path), newline=""), strict=True)
+    try:  # strict: a truncated file (an unclosed quote) or a NUL byte is an error, not a silently odd row
+        fieldnames, records = reader.fieldnames, list(reader)
+    except csv.Error as error:
+        raise UserError(f"{path} is not a valid CSV file: {error}") from None
+    columns = {(name or "").strip().lower(): name for name in fieldnames or []}
     if "prompt" not in columns:
         raise UserError(f"{path} has no 'prompt' column (columns: {', '.join(columns) or 'none'})")
     seed_column = next((columns[c] for c in SEED_COLUMNS if c in columns), None)
@@ -99,7 +103,7 @@ def _read_csv(path: Path) -> list[PromptRow]:
     category_column = columns.get("categories")
     label_column = columns.get("label")
     rows = []
-    for line, record in enumerate(reader, start=2):
+    for line, record in enumerate(records, start=2):
         prompt = (record.get(columns["prompt"]) or "").strip()
         if not prompt:
             continue

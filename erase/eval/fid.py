@@ -254,6 +254,11 @@ def folder_fid_kid(
             metrics = calculate_metrics(kwargs)
         except RuntimeError as error:
             raise UserError(f"FID failed: {str(error).splitlines()[0]}") from None
+        except (OSError, SyntaxError) as error:
+            if isinstance(error, OSError) and error.errno is not None:
+                raise  # a real I/O failure, not an image PIL cannot decode
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+            raise UserError(f"an image in {generated_dir} or {reference_dir} is not readable: {reason}") from None
     out = {"fid": float(metrics["frechet_inception_distance"]), "generated": counts[0], "reference": counts[1]}
     if kid:
         out["kid"] = float(metrics["kernel_inception_distance_mean"])

@@ -135,14 +135,17 @@ def save_classifier(model: nn.Module, path) -> None:
 
 def load_classifier(path) -> nn.Module:
     """Load a DigitCNN (or ResNet-18) saved by `save_classifier` (safetensors: nothing is unpickled)."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
+    from erase.core.io import read_tensors
+    from erase.errors import UserError
 
-    with safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata() or {}
-    config = json.loads(metadata.get("config", "{}"))
-    model = build_resnet18(**config) if metadata.get("class") == "resnet18" else DigitCNN(**config)
-    model.load_state_dict(load_file(str(path)))
+    state, metadata = read_tensors(path, "classifier weights")
+    try:
+        config = json.loads(metadata.get("config", "{}"))
+        model = build_resnet18(**config) if metadata.get("class") == "resnet18" else DigitCNN(**config)
+        model.load_state_dict(state)
+    except (ValueError, TypeError, RuntimeError) as error:
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
+        raise UserError(f"{path} is not a classifier saved by erase: {reason}") from None
     return model.eval()
 
 

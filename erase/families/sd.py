@@ -92,7 +92,12 @@ def check_sd_folder(folder: Path) -> dict:
 
 def load_pipeline(model: str, device="cpu", dtype: torch.dtype = torch.float32):
     """(StableDiffusionPipeline without safety checker, its local folder). Clear errors for bad input."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
     folder = resolve_model(str(model))
+    diffusers_logging.disable_progress_bar()  # the components' loading bars: stderr is kept for what matters
+    transformers_logging.disable_progress_bar()
     try:
         # torch_dtype only when asked: diffusers 0.42 warns about the name, older releases need it.
         extra = {"torch_dtype": dtype} if dtype != torch.float32 else {}

@@ -21,7 +21,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from erase.core.io import atomic_write_json, atomic_write_text
+from erase.core.io import atomic_write_json, atomic_write_text, check_output_folder
 from erase.data.prompts import PromptRow
 from erase.errors import UserError
 from erase.eval.attack import AttackConfig, attack_prompt, candidate_tokens, diffusion_loss
@@ -60,9 +60,7 @@ def run_attack(run: AttackRun, rows: list[PromptRow], judge, show_progress: bool
 
     started = time.perf_counter()
     state = PartialState()
-    out = Path(run.out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} exists and is not a folder")
+    out = check_output_folder(run.out, "--out")
     erased = load(run.model, state, run.mixed_precision)
     height, width = run.height or sd.default_size(erased), run.width or sd.default_size(erased)
     targets = Path(run.targets) if run.targets else out / "targets"
