@@ -29,6 +29,8 @@ def load_recipe(path) -> dict:
         raise UserError(f"no such recipe: {path}")
     try:
         return tomllib.loads(path.read_text())
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not a UTF-8 text file (a recipe is TOML)") from None
     except tomllib.TOMLDecodeError as error:
         raise UserError(f"{path} is not valid TOML: {error}") from None
 

@@ -59,6 +59,9 @@ def fx(tmp_path_factory, tiny_sd):  # noqa: F811
     (bad / "prompts.csv").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe binary")
     (bad / "cut.csv").write_text('prompt,seed\n"a cat, cut short')
     (bad / "recipe.toml").write_text((root / "recipe.toml").read_text().replace("[data]", "[dta]"))
+    (bad / "cut.toml").write_text((root / "recipe.toml").read_text()[:60])  # cut inside a string
+    (bad / "generated").mkdir()
+    (bad / "generated" / ".erase-generate.json").write_text("{cut short")
     (bad / "images").mkdir()
     for k in range(2):
         (bad / "images" / f"{k}_0.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
@@ -251,6 +254,9 @@ DAMAGED = [
     (["sd", "--model", "{sd}", "--set", "forget.prompts_file={bad}/cut.csv", "--out", "{out}"], "not a valid CSV file"),
     (["attack", "--model", "{sd}", "--original", "{sd}", "--prompts", "{bad}/prompts.csv", "--judge", "nudenet",
       "--out", "{out}"], "not a UTF-8 text file"),
+    (["run", "{bad}/prompts.csv", "--out", "{out}"], "not a UTF-8 text file"),
+    (["run", "{bad}/cut.toml", "--out", "{out}"], "is not valid TOML"),
+    (["fisher", "{bad}/cut.toml", "--out", "{out}"], "is not valid TOML"),
     (["evaluate", "classifier", "{bad}/images", "--classifier", "digits", "--label", "3"], "is not a readable image"),
     (["evaluate", "fid", "{bad}/images", "{root}/images", "--features-classifier", "{root}/clf.safetensors"],
      "is not readable"),
@@ -260,3 +266,13 @@ DAMAGED = [
 @pytest.mark.parametrize("argv, message", DAMAGED, ids=[" ".join(a[:2]) + f"-{i}" for i, (a, _) in enumerate(DAMAGED)])
 def test_damaged_weights_prompt_files_and_images_are_refused(argv, message, fx, tmp_path, capsys):
     assert_refused(argv, fx, tmp_path, capsys, message)
+
+
+def test_a_damaged_resume_record_is_refused_and_left_alone(fx, capsys):
+    """`erase generate` resumes only with the settings that made the images; a damaged record says so."""
+    record = fx["bad"] / "generated" / ".erase-generate.json"
+    argv = ["generate", "--model", fx["sd"], "--prompts", fx["root"] / "prompts.csv", "--out", record.parent]
+    code, _, err = run_cli(argv, capsys)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and "is damaged" in lines[0], lines
+    assert sorted(p.name for p in record.parent.iterdir()) == [record.name] and record.read_text() == "{cut short"

@@ -90,7 +90,11 @@ def check_settings(out: Path, args, state) -> None:
                 "width": args.width, "mixed_precision": args.mixed_precision}
     path = out / SETTINGS_FILE
     if path.is_file():
-        before = json.loads(path.read_text())
+        try:
+            before = json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError):
+            raise UserError(f"{path} is damaged (not JSON): it records how the images in {out} were made; "
+                            "use another --out") from None
         changed = [key for key in settings if before.get(key) != settings[key]]
         if changed:
             raise UserError(f"{out} holds images made with other settings ({', '.join(changed)}); use another --out")

@@ -16,14 +16,9 @@ from pathlib import Path
 
 import torch
 from accelerate import PartialState
-from safetensors import safe_open
 from torch.utils.data import TensorDataset
-from safetensors.torch import load_file
 
-from erase.core.io import (
-    atomic_directory,
-    atomic_save_tensors,
-)
+from erase.core.io import atomic_directory, atomic_save_tensors, read_tensors
 from erase.core.methods import ESD, forget_objective
 from erase.core.sharding import draw_rows
 from erase.core.saliency import mask_stats
@@ -226,10 +221,12 @@ def cached_latents(data: dict, pipeline, forget_class: int, out_dir: Path, datas
     settings = {k: v for k, v in data.items() if k not in ("reuse_latents", "batch_size")}
     key = json.dumps({"forget_class": forget_class, "size": dit.image_size(pipeline), **settings}, sort_keys=True)
     if data.get("reuse_latents", False) and path.exists():
-        with safe_open(str(path), framework="pt") as f:
-            if (f.metadata() or {}).get("key") == key:
-                t = load_file(str(path))
-                return (t["forget_latents"], t["forget_labels"]), (t["remain_latents"], t["remain_labels"])
+        try:
+            t, metadata = read_tensors(path, "cached latents")
+        except UserError:  # damaged: encoded again below
+            t, metadata = {}, {}
+        if metadata.get("key") == key:
+            return (t["forget_latents"], t["forget_labels"]), (t["remain_latents"], t["remain_labels"])
     (f_latents, f_labels), (r_latents, r_labels) = training_latents(data, pipeline, forget_class, dataset)
     tensors = {"forget_latents": f_latents, "forget_labels": f_labels, "remain_latents": r_latents,
                "remain_labels": r_labels}

@@ -344,7 +344,7 @@ def cached_images(pipeline, settings: Settings, rows, folder: Path, show_progres
     manifest_path = folder / "manifest.json"
     state = PartialState()
     if state.is_main_process:
-        stale = not manifest_path.is_file() or json.loads(manifest_path.read_text()) != manifest
+        stale = read_json(manifest_path) != manifest  # missing or damaged is stale too
         if folder.exists() and (fresh or stale):
             shutil.rmtree(folder)  # made by another model or settings: start over
         folder.mkdir(parents=True, exist_ok=True)
@@ -409,6 +409,14 @@ def concept_objective(settings: Settings, unet, scheduler, eps_loss, null_embedd
     elif settings.spec.forget == "descent":
         descent = sd.mapping_loss(scheduler)
     return forget_objective(settings.spec, eps_loss, settings.config.temperature, descent)
+
+
+def read_json(path: Path):
+    """A JSON file's content, or None when it is missing or damaged."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def confine_to_mask(unet, mask) -> list:
