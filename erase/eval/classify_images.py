@@ -176,7 +176,7 @@ def load_image_classifier(
         classifier = ImageClassifier(model, metadata["class"], size, mean, std, in_channels=in_channels)
     else:
         if not arch:
-            raise UserError(f"{path} is a plain weights file: say which torchvision architecture it is (--arch)")
+            raise UserError(f"{path} is a plain weights file: say which torchvision architecture it is (--arch, or eval.arch in a recipe)")
         state = read_state_dict(path)
         if num_classes is None:
             matrices = [v for k, v in state.items() if k.endswith("weight") and v.dim() == 2]

@@ -59,7 +59,7 @@ class Data:
     generated_forget: int = key(256, low=1)
     generated_remain: int = key(1024, low=1)
     generated_remain_classes: int = key(100, low=1)
-    remain_classes: list[int] = key(factory=list, low=0)
+    remain_classes: list[int] = key(factory=list, low=0, high=dit.NULL_CLASS - 1)
     guidance: float = key(4.0, low=0)
     inference_steps: int = key(50, low=1)
     sample_batch_size: int = key(32, low=1)
@@ -70,7 +70,7 @@ class Data:
 
 @dataclass
 class DiTEval(Eval):
-    classes: list[int] | None = key(low=0)
+    classes: list[int] | None = key(low=0, high=dit.NULL_CLASS - 1)
 
 
 @dataclass
