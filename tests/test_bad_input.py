@@ -2,10 +2,9 @@
 failure while writing), never a traceback, nothing left behind. Each case fails before any heavy work,
 on tiny models (a recipe key, a number, an output path, a damaged input)."""
 
+import json
 import os
-import resource
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -207,32 +206,40 @@ def test_an_output_that_cannot_be_created_is_refused_before_any_work(argv, where
 
 # --- 4. the disk fills up while writing: one line naming the file, exit 1, no partial file ----------
 
-def _file_size_limit(limit: int):
-    def apply():
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG) instead of killing
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
-    return apply
-
-
-WRITE_FAILURES = [
+WRITE_FAILURES = [  # (argv, the file that cannot be written, the file-size limit in bytes)
     (["evaluate", "classifier", "{root}/images", "--classifier", "digits", "--label", "3", "--out", "{out}/result.json"],
      "result.json", 200),
     (["mask", "--fisher-dir", "{root}/fisher", "--out", "{out}/mask.safetensors"], "mask.safetensors", 2048),
 ]
+RUN_UNDER_LIMIT = """
+import contextlib, io, json, resource, signal, sys
+from erase.cli import main
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG) instead of killing
+for argv, limit in json.loads(sys.argv[1]):
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(argv)
+    print(json.dumps([code, err.getvalue()]))
+"""
 
 
-@pytest.mark.parametrize("argv, name, limit", WRITE_FAILURES, ids=["json", "safetensors"])
-def test_a_failed_write_names_the_file_and_leaves_nothing_behind(argv, name, limit, fx, tmp_path):
-    out = tmp_path / "out"
-    out.mkdir()
+def test_a_failed_write_names_the_file_and_leaves_nothing_behind(fx, tmp_path):
+    """The disk fills up (a file-size limit: EFBIG) while a JSON or a safetensors output is written."""
+    outs = [tmp_path / f"out{i}" for i in range(len(WRITE_FAILURES))]
+    for out in outs:
+        out.mkdir()
+    cases = [[fill(argv, fx, out), limit] for (argv, _, limit), out in zip(WRITE_FAILURES, outs)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
-    done = subprocess.run([sys.executable, "-m", "erase", *fill(argv, fx, out)], capture_output=True, text=True,
-                          env=env, preexec_fn=_file_size_limit(limit), timeout=300)
-    lines = [line for line in done.stderr.splitlines() if line.strip()]
-    assert done.returncode == 1 and len(lines) == 1, done.stderr
-    assert lines[0].startswith("erase: error: File too large") and lines[0].endswith(str(out / name)), lines
-    assert list(out.iterdir()) == []  # neither the file nor its temporary twin
+    done = subprocess.run([sys.executable, "-c", RUN_UNDER_LIMIT, json.dumps(cases)], capture_output=True, text=True,
+                          env=env, timeout=300, check=True)
+    assert len(done.stdout.splitlines()) == len(cases), done.stdout
+    for (_, name, _), out, line in zip(WRITE_FAILURES, outs, done.stdout.splitlines()):
+        code, err = json.loads(line)
+        lines = [text for text in err.splitlines() if text.strip()]
+        assert code == 1 and len(lines) == 1, err
+        assert lines[0].startswith("erase: error: File too large") and lines[0].endswith(str(out / name)), lines
+        assert list(out.iterdir()) == []  # neither the file nor its temporary twin
 
 
 # --- 5. damaged inputs: weights cut short, prompt files that are not text or not CSV, broken images ----
