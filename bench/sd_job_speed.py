@@ -162,7 +162,7 @@ def main(argv=None) -> dict:
 
     from erase.workflows import sd
 
-    state = PartialState()
+    state = PartialState(cpu=not torch.cuda.is_available())  # under accelerate launch: one process per GPU (or CPU)
     started = time.perf_counter()
     model = args.out / ("tiny-sd" if args.smoke else "sd-v1-4-random")
     if state.is_main_process:  # the others wait for the folder
