@@ -46,10 +46,10 @@ def fx(tmp_path_factory, tiny_sd):  # noqa: F811
 
     bad = root / "bad"
     bad.mkdir()
-    for name, source in (("sd", tiny_sd), ("ddpm", root / "ddpm")):
+    for name, source, part in (("sd", tiny_sd, "unet"), ("sd-text", tiny_sd, "text_encoder"), ("ddpm", root / "ddpm", "unet")):
         target = bad / name
         shutil.copytree(source, target)
-        weights = next((target / "unet").glob("*.safetensors"))
+        weights = next((target / part).glob("*.safetensors"))
         weights.write_bytes(weights.read_bytes()[:300])  # truncated
     (bad / "clf.safetensors").write_bytes((root / "clf.safetensors").read_bytes()[:100])
     (bad / "fisher").mkdir()
@@ -247,6 +247,7 @@ def test_a_failed_write_names_the_file_and_leaves_nothing_behind(fx, tmp_path):
 DAMAGED = [
     (["sd", "--model", "{bad}/sd", "--out", "{out}"], "cannot load"),
     (["generate", "--model", "{bad}/sd", "--prompts", "{root}/prompts.csv", "--out", "{out}"], "cannot load"),
+    (["generate", "--model", "{bad}/sd-text", "--prompts", "{root}/prompts.csv", "--out", "{out}"], "cannot load"),
     (["ddpm", "--model", "{bad}/ddpm", "--forget-class", "1", "--no-fid", "--out", "{out}"], "cannot load"),
     (["classifier", "--dataset", "digits", "--forget", "random", "--model", "{bad}/clf.safetensors", "--out", "{out}"],
      "cannot load a classifier"),

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
+from safetensors import SafetensorError
 from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
@@ -60,7 +61,7 @@ def load_pipeline(path, device: str | torch.device = "cpu") -> ClassConditionalD
         raise UserError(f"{path_str} is not a diffusers pipeline folder (no model_index.json)")
     try:
         pipeline = ClassConditionalDDPMPipeline.from_pretrained(path_str)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, SafetensorError) as error:  # missing, or damaged (truncated weights)
         raise UserError(f"cannot load a class-conditional DDPM from {path_str}: {str(error).splitlines()[0]}") from None
     if not pipeline.unet.config.num_class_embeds:
         raise UserError(f"{path_str} has an unconditional UNet; class forgetting needs num_class_embeds")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DiTPipeline, DiTTransformer2DModel
+from safetensors import SafetensorError
 from tqdm.auto import tqdm
 
 from erase.errors import UserError
@@ -72,7 +73,7 @@ def load_pipeline(path, device: str | torch.device = "cpu") -> DiTPipeline:
         raise UserError(f"{path_str} is not a diffusers pipeline folder (no model_index.json)")
     try:
         pipeline = DiTPipeline.from_pretrained(path_str)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, SafetensorError) as error:  # missing, or damaged (truncated weights)
         raise UserError(f"cannot load a DiT pipeline from {path_str}: {str(error).splitlines()[0]}") from None
     check_null_class(pipeline.transformer)
     id2label = DiTPipeline.load_config(path_str).get("id2label")

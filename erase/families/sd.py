@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 from diffusers import DiffusionPipeline, StableDiffusionPipeline, UNet2DConditionModel
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
@@ -104,7 +104,7 @@ def load_pipeline(model: str, device="cpu", dtype: torch.dtype = torch.float32):
         pipeline = StableDiffusionPipeline.from_pretrained(
             folder, safety_checker=None, requires_safety_checker=False, **extra
         )
-    except (OSError, ValueError, TypeError, AttributeError) as error:
+    except (OSError, ValueError, TypeError, AttributeError, SafetensorError) as error:  # missing or damaged
         raise UserError(f"cannot load {model} as a Stable Diffusion pipeline: {str(error).splitlines()[0][:200]}") from None
     pipeline.set_progress_bar_config(disable=True)
     return pipeline.to(device), folder
