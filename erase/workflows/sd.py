@@ -61,8 +61,10 @@ PROBE_IMAGES = 8  # forget and remain images the before/after probe losses are m
 SFRON_DEFAULTS = dict(steps=1000, lr=1e-5, forget_alpha=1.0, remain_alpha=1.0, decay_forget_alpha=False, grad_clip=1.0)
 
 
-def run(recipe: dict, show_progress: bool = True) -> dict:
-    """Run an SD concept-erasure recipe end to end; returns the metrics written to metrics.json."""
+def run(recipe: dict, show_progress: bool = True, on_step=None) -> dict:
+    """Run an SD concept-erasure recipe end to end; returns the metrics written to metrics.json.
+
+    on_step(step, unet, record) is called after each loop step (benches evaluate there)."""
     started = time.perf_counter()
     timer = PhaseTimer()
     settings = Settings(recipe)
@@ -123,7 +125,7 @@ def run(recipe: dict, show_progress: bool = True) -> dict:
         history = unlearn(
             unet, objective, eps_loss if settings.remain_steps else None, forget_batches,
             remain_batches if settings.remain_steps else None, settings.config, mask=mask, accelerator=accelerator,
-            show_progress=show_progress,
+            on_step=on_step, show_progress=show_progress,
         )
     for hook in hooks:
         hook.remove()

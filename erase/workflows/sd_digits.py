@@ -95,6 +95,17 @@ class DigitJudge:
         labels = torch.tensor([label for _, label in pairs for _ in range(samples)])
         return rows, labels
 
+    def score(self, which: str, images: torch.Tensor) -> dict:
+        """The figures of one set's images (in file order): fa, fa_paraphrase, or remaining_accuracy with
+        per_digit_accuracy."""
+        labels = self.rows(which)[1]
+        predictions = self.classifier.logits(images).argmax(-1)
+        if which != "remain":
+            return {"fa" if which == "forget" else "fa_paraphrase": float((predictions == labels).float().mean())}
+        per_digit = {int(d): float((predictions[labels == d] == d).float().mean()) for d in labels.unique()}
+        return {"remaining_accuracy": sum(per_digit.values()) / len(per_digit),
+                "per_digit_accuracy": {str(d): round(a, 4) for d, a in sorted(per_digit.items())}}
+
     def evaluate(self, generate, out_dir: Path, name: str, score: bool = True) -> dict:
         """generate(rows, folder, samples) -> image paths; returns the judged figures of one model.
 
@@ -110,16 +121,8 @@ class DigitJudge:
             return {}
         result, images = {}, {}
         for which in ("forget", "paraphrase", "remain"):
-            labels = self.rows(which)[1]
-            images[which] = (read_images_uint8(paths[which]), labels)
-            predictions = self.classifier.logits(images[which][0]).argmax(-1)
-            per_digit = {int(d): float((predictions[labels == d] == d).float().mean()) for d in labels.unique()}
-            if which == "remain":
-                result["remaining_accuracy"] = sum(per_digit.values()) / len(per_digit)
-                result["per_digit_accuracy"] = {str(d): round(a, 4) for d, a in sorted(per_digit.items())}
-            else:
-                key = "fa" if which == "forget" else "fa_paraphrase"
-                result[key] = float((predictions == labels).float().mean())
+            images[which] = (read_images_uint8(paths[which]), self.rows(which)[1])
+            result |= self.score(which, images[which][0])
         remain_images = images["remain"][0]
         result["fid"] = fid_kid(remain_images, self.reference, classifier_extractor(self.classifier), kid=False)["fid"]
         save_digit_grid(images, out_dir / f"grid_{name}.png")
