@@ -55,8 +55,10 @@ def build_recipe(args) -> dict:
         recipe["sfron"]["seed"] = args.seed
     recipe.setdefault("output", {})["dir"] = args.out
     recipe = apply_overrides(recipe, args.overrides)
-    if not resolve_path(recipe["model"]["path"]).exists():
-        raise UserError(f"the bundled model {recipe['model']['path']} is missing; run `{PRETRAIN[args.family]}`")
+    model = recipe.get("model")
+    path = model.get("path") if isinstance(model, dict) else None
+    if isinstance(path, str) and not resolve_path(path).exists():  # other mistakes: the workflow's settings say
+        raise UserError(f"the bundled model {path} is missing; run `{PRETRAIN[args.family]}`")
     return recipe
 
 

@@ -40,7 +40,7 @@ def run_recipe(recipe: dict) -> int:
     from erase.workflows.timings import summary_line
 
     key = (recipe.get("family"), recipe.get("task", "class"))
-    if key not in WORKFLOWS:
+    if not all(isinstance(part, str) for part in key) or key not in WORKFLOWS:
         known = ", ".join(f"{f}/{t}" for f, t in WORKFLOWS)
         raise UserError(f"recipe names family/task {key[0]}/{key[1]}, which has no workflow (known: {known})")
     workflow = importlib.import_module(WORKFLOWS[key])
