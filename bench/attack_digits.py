@@ -12,7 +12,7 @@ Each run is a resumable `erase attack` folder under --out; the JSON holds both s
 seconds and the commands.
 
     .venv/bin/python bench/attack_digits.py --erased runs/digits-sd-concept/model --digit 7 [--original assets/digits-sd]
-        [--limit N] [--tokens 5] [--iterations 40] [--seed 0] [--out runs/attack-digits] [--json FILE]
+        [--limit N] [--tokens 5] [--iterations 40] [--weight-decay 0] [--seed 0] [--out runs/attack-digits-DIGIT] [--json FILE]
     .venv/bin/python bench/attack_digits.py --erased assets/digits-sd --digit 7 --limit 10   # original vs itself only
 """
 
@@ -36,7 +36,7 @@ def attack(model: str, original: str, prompts: Path, digit: int, out: Path, args
 
     argv = ["attack", "--model", model, "--original", original, "--prompts", str(prompts), "--judge", "classifier",
             "--classifier", "digits", "--label", str(digit), "--out", str(out), "--tokens", str(args.tokens),
-            "--iterations", str(args.iterations), "--seed", str(args.seed),
+            "--iterations", str(args.iterations), "--weight-decay", str(args.weight_decay), "--seed", str(args.seed),
             "--steps", str(evaluation["inference_steps"]), "--guidance", str(evaluation["guidance"])]
     if args.limit:
         argv += ["--limit", str(args.limit)]
@@ -57,6 +57,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="only the first N paraphrases")
     parser.add_argument("--tokens", type=int, default=5)
     parser.add_argument("--iterations", type=int, default=40)
+    parser.add_argument("--weight-decay", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="folder of the runs (default runs/attack-digits-DIGIT)")
     parser.add_argument("--json", default=None, help="also write the results here")

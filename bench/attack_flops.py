@@ -6,7 +6,8 @@ FlopCounterMode and a dispatch counter, at batch 1:
   * one image: `steps` UNet forwards on the guided pair (batch 2) + one VAE decode; a prompt makes three
     (the original's target, the erased model's plain and adversarial images) + one VAE encode (target);
   * the attack: `iterations` × (UNet forward + backward to its text input, text encoder forward +
-    backward to its input embeddings; weights frozen) + 2 × 8 evaluation forwards (plain, adversarial).
+    backward to its input embeddings; weights frozen) + 8 evaluation forwards for the plain prompt and
+    for each token set compared (at most iterations / 10 + 1 of them: 48 forwards at 40 iterations).
 Two estimates of the seconds: FLOPs / a sustained throughput (--tflops), and ops × the host dispatch
 time per op (--us-per-op; ~20 µs measured on the H100 machine, BENCHMARKS.md "SD v1.4-sized SFR-on
 step"): at batch 1 the slower of the two is the likelier. Both are estimates, not measurements.
@@ -25,13 +26,15 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from sd_step_speed import SD_V1_UNET  # noqa: E402
+
+from erase.eval.attack import AttackConfig  # noqa: E402
 
 CLIP_L14_TEXT = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
                      max_position_embeddings=77, vocab_size=49408, projection_dim=768, hidden_act="quick_gelu")
 SD_VAE = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4, sample_size=512,
               down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
-EVAL_DRAWS = 8
 
 
 class OpCounter(TorchDispatchMode):
@@ -50,6 +53,12 @@ def count(fn) -> tuple[float, int]:
     with flops, OpCounter() as ops:
         fn()
     return flops.get_total_flops() / 1e12, ops.ops
+
+
+def evaluation_forwards(iterations: int) -> int:
+    """The plain prompt and every token set compared at the end, each on the fixed evaluation draws."""
+    config = AttackConfig()
+    return config.eval_draws * (len(range(0, iterations, config.select_every)) + 2)
 
 
 def main() -> None:
@@ -95,7 +104,7 @@ def main() -> None:
     image = [parts["UNet forward, guided pair"], args.steps], [parts["VAE decode"], 1]
     attack = ([parts["UNet forward + backward to the text input"], args.iterations],
               [parts["text encoder forward + backward"], args.iterations],
-              [parts["UNet forward, one"], 2 * EVAL_DRAWS], [parts["VAE encode"], 1])
+              [parts["UNet forward, one"], evaluation_forwards(args.iterations)], [parts["VAE encode"], 1])
     total = lambda items: tuple(sum(part[k] * n for part, n in items) for k in (0, 1))  # noqa: E731
     images, attacking = total(image), total(attack)
     prompt = (3 * images[0] + attacking[0], 3 * images[1] + attacking[1])

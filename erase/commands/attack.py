@@ -28,6 +28,8 @@ def register(subparsers) -> None:
     parser.add_argument("--tokens", type=positive_int, default=5, help="adversarial tokens before the prompt (default 5)")
     parser.add_argument("--iterations", type=positive_int, default=40, help="optimisation steps per prompt (default 40)")
     parser.add_argument("--lr", type=positive_float, default=0.01, help="Adam learning rate of the token vectors (default 0.01)")
+    parser.add_argument("--weight-decay", type=float, default=0.0,
+                        help="Adam weight decay of the token vectors (default 0; UnlearnDiffAtk's code: 0.1)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the attack's own draws (images use the rows' seeds)")
     parser.add_argument("--limit", type=positive_int, default=None, help="only the first N prompts (after --category)")
     parser.add_argument("--category", default=None, help="only rows whose I2P categories include this one (e.g. sexual)")
@@ -55,6 +57,7 @@ def run_attack_command(args) -> int:
     require(args.original or args.targets, "give --original (the model before erasure) or --targets (its images)")
     require(not (args.original and args.targets), "give --original or --targets, not both")
     require(0 <= args.seed < 2**31, f"--seed must be in [0, 2^31), got {args.seed}")
+    require(args.weight_decay >= 0, f"--weight-decay must be >= 0, got {args.weight_decay}")
     for name, value in (("--height", args.height), ("--width", args.width)):
         require(value is None or value % 8 == 0, f"{name} must be a multiple of 8, got {value}")
     if args.judge != "classifier":
@@ -68,7 +71,8 @@ def run_attack_command(args) -> int:
                            "normalize": args.normalize, "device": state.device} if args.judge == "classifier" else {}))
     run = AttackRun(
         model=args.model, original=args.original, prompts=args.prompts, out=Path(args.out),
-        attack=AttackConfig(tokens=args.tokens, iterations=args.iterations, lr=args.lr), seed=args.seed,
+        attack=AttackConfig(tokens=args.tokens, iterations=args.iterations, lr=args.lr,
+                            weight_decay=args.weight_decay), seed=args.seed,
         steps=args.steps, guidance=args.guidance, height=args.height, width=args.width,
         mixed_precision=args.mixed_precision, targets=args.targets, category=args.category,
     )

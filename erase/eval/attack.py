@@ -9,9 +9,12 @@ with target = ε (v for a v-prediction model): the loss by which a diffusion mod
 image as matching a prompt, so tokens that lower it steer the erased model back to the image.
 As in UnlearnDiffAtk (and PEZ before it) the tokens live as continuous vectors in the text encoder's
 token-embedding space; each iteration runs the model on their nearest real tokens (cosine) and
-applies that gradient to the continuous vectors (Adam, lr 0.01, weight decay 0.1, as UnlearnDiffAtk's
-code). The result is the nearest real tokens, decoded: a plain string anyone can paste. Unlike
-UnlearnDiffAtk's code, which draws one timestep for all iterations, each iteration draws its own t and ε.
+applies that gradient to the continuous vectors (Adam, lr 0.01 as UnlearnDiffAtk's code). The result
+is a string of real tokens anyone can paste: of the token sets projected at iterations 0, 10, 20, …
+and at the end, the one with the lowest loss on fixed evaluation draws (one (t, ε) per iteration is a
+noisy guide; the same draws for every set and for the plain prompt make the comparison fair).
+No weight decay by default: UnlearnDiffAtk's 0.1 (Adam's coupled L2) outweighs the loss's gradient on
+token embeddings, so the tokens drift whatever the loss says (measured in docs/stable-diffusion.md).
 
 Candidate tokens are those whose decoded text tokenizes back to the same single token (whole words,
 no special tokens), so `"tok1 tok2 … prompt"` re-tokenizes to exactly the ids the loss saw; the
@@ -36,8 +39,9 @@ class AttackConfig:
     tokens: int = 5
     iterations: int = 40
     lr: float = 0.01
-    weight_decay: float = 0.1
-    eval_draws: int = 8  # fixed (t, ε) draws on which the plain and adversarial prompts' losses are compared
+    weight_decay: float = 0.0
+    eval_draws: int = 8  # fixed (t, ε) draws on which token sets and the plain prompt are compared
+    select_every: int = 10  # iterations between the token sets compared at the end
 
 
 @dataclass
@@ -45,7 +49,7 @@ class AttackResult:
     adversarial_prompt: str
     token_ids: list[int]
     loss_plain: float  # mean loss of the plain prompt over the fixed evaluation draws
-    loss_attack: float  # the same draws, adversarial prompt
+    loss_attack: float  # the same draws, the adversarial prompt (the best of the sets compared)
     losses: list[float] = field(default_factory=list)  # per iteration: projected tokens, that iteration's draw
     seconds: float = 0.0
 
@@ -142,11 +146,19 @@ def attack_prompt(tokenizer, text_encoder, loss_fn, prompt: str, candidates: tor
             raise EraseError(f"the adversarial tokens {token_ids} do not survive re-tokenizing; cannot attack")
         return tokens
 
+    @torch.no_grad()
+    def evaluated(tokens) -> float:
+        hidden = encode(text_encoder, tokens)
+        return sum(loss_fn(hidden, d).item() for d in eval_draws) / len(eval_draws)
+
+    compared = {}  # token ids -> loss on the evaluation draws
     vectors = table[candidates[start]].float().clone().requires_grad_(True)
     optimizer = torch.optim.Adam([vectors], lr=config.lr, weight_decay=config.weight_decay)
     losses = []
-    for draw in draws:
+    for i, draw in enumerate(draws):
         token_ids = nearest(vectors.detach())
+        if i % config.select_every == 0 and tuple(token_ids) not in compared:
+            compared[tuple(token_ids)] = evaluated(tokens_for(token_ids))
         projected = table[token_ids].float().requires_grad_(True)
         loss = loss_fn(encode(text_encoder, tokens_for(token_ids), projected), draw)
         if not torch.isfinite(loss):
@@ -155,11 +167,9 @@ def attack_prompt(tokenizer, text_encoder, loss_fn, prompt: str, candidates: tor
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())
-    token_ids = nearest(vectors.detach())
-    with torch.no_grad():
-        plain = encode(text_encoder, tokenize(tokenizer, prompt))
-        attacked = encode(text_encoder, tokens_for(token_ids))
-        loss_plain = sum(loss_fn(plain, d).item() for d in eval_draws) / len(eval_draws)
-        loss_attack = sum(loss_fn(attacked, d).item() for d in eval_draws) / len(eval_draws)
-    return AttackResult(adversarial_text(tokenizer, token_ids, prompt), token_ids, loss_plain, loss_attack, losses,
-                        time.perf_counter() - started)
+    final = tuple(nearest(vectors.detach()))
+    if final not in compared:
+        compared[final] = evaluated(tokens_for(list(final)))
+    best = min(compared, key=compared.get)  # the first of equals: the earliest set
+    return AttackResult(adversarial_text(tokenizer, list(best), prompt), list(best), evaluated(tokenize(tokenizer, prompt)),
+                        compared[best], losses, time.perf_counter() - started)
