@@ -61,7 +61,7 @@ def run_attack(run: AttackRun, rows: list[PromptRow], judge, show_progress: bool
     started = time.perf_counter()
     state = PartialState()
     out = check_output_folder(run.out, "--out")
-    erased = load(run.model, state, run.mixed_precision)
+    erased, _ = sd.load_pipeline(run.model, device=state.device, dtype=sd.DTYPES[run.mixed_precision])
     height, width = run.height or sd.default_size(erased), run.width or sd.default_size(erased)
     targets = Path(run.targets) if run.targets else out / "targets"
     if run.targets:
@@ -70,7 +70,7 @@ def run_attack(run: AttackRun, rows: list[PromptRow], judge, show_progress: bool
             raise UserError(f"--targets {targets} has no {missing[0]} ({len(missing)} of {len(rows)} images missing)")
     original = None
     if not run.targets and not all((targets / sd.image_name(row, 0)).is_file() for row in rows):
-        original = load(run.original, state, run.mixed_precision)
+        original, _ = sd.load_pipeline(run.original, device=state.device, dtype=sd.DTYPES[run.mixed_precision])
     settings = settings_of(run, judge, erased, height, width)
     check_settings(out, settings, state)
 
@@ -91,22 +91,6 @@ def run_attack(run: AttackRun, rows: list[PromptRow], judge, show_progress: bool
     if not state.is_main_process:
         return None
     return write_results(out, rows, records, judge, settings, run, time.perf_counter() - started)
-
-
-def load(model: str, state, mixed_precision: str):
-    """The pipeline, without the loading progress bars (a settings error after it stays one line)."""
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    shown = [(lib, lib.is_progress_bar_enabled()) for lib in (diffusers_logging, transformers_logging)]
-    for lib, _ in shown:
-        lib.disable_progress_bar()
-    try:
-        return sd.load_pipeline(model, device=state.device, dtype=sd.DTYPES[mixed_precision])[0]
-    finally:
-        for lib, enabled in shown:
-            if enabled:
-                lib.enable_progress_bar()
 
 
 def find_prompts(run: AttackRun, rows, pipeline, targets: Path, height: int, width: int, state, show_progress) -> None:
