@@ -167,6 +167,19 @@ def test_esd_runs_through_the_workflow_without_a_mask(tmp_path):
             ddpm_class.read({"method": {"name": "esd", "negative_guidance": bad}})
 
 
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_label_dropout_trains_the_unconditional_prediction_while_unlearning(dropout, tmp_path):
+    """method.label_dropout (the official code's 0.1): the null class is trained in the loop; without it, it is not."""
+    torch.manual_seed(0)
+    pipeline = ddpm.random_pipeline("tiny")
+    null_row = pipeline.unet.class_embedding.weight[pipeline.null_class].detach().clone()
+    settings = ddpm_class.read({"method": {"label_dropout": dropout}, "data": {"batch_size": 16}, "fisher": {"batches": 1}})
+    config = SFRonConfig(steps=3, lr=1e-3, gamma=1.0)
+    ddpm_class.erase_class(settings, pipeline, settings.method.spec, config, FORGET_CLASS, tmp_path, show_progress=False)
+    moved = not torch.equal(pipeline.unet.class_embedding.weight[pipeline.null_class], null_row)
+    assert moved == (dropout > 0)
+
+
 def test_reading_compares_with_the_best_baseline_and_with_ga_only_when_it_ran():
     def result(method, fa_by_step):
         return {"method": method, "curve": [{"step": s, "fa": fa, "remaining_accuracy": 1.0} for s, fa in fa_by_step]}

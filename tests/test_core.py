@@ -31,6 +31,18 @@ def test_fisher_is_mean_of_squared_batch_gradients():
     assert model.weight.grad is None  # leaves no gradients behind
 
 
+def test_fisher_clip_bounds_each_batch_gradient_before_it_is_squared():
+    """The official class-DDPM Fisher: batch gradients (2, 0) and (0, 4) clipped to norm 1 are (1, 0), (0, 1)."""
+    model = nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0, 2.0]]))
+    batches = [(torch.tensor([[1.0, 0.0]]), torch.tensor([0.0])), (torch.tensor([[0.0, 1.0]]), torch.tensor([0.0]))]
+    fisher = fisher_diagonal(model, squared_error, batches, show_progress=False, clip=1.0)
+    assert torch.allclose(fisher["weight"], torch.tensor([[0.5, 0.5]]))
+    unbound = fisher_diagonal(model, squared_error, batches, show_progress=False, clip=10.0)  # never binds
+    assert torch.equal(unbound["weight"], fisher_diagonal(model, squared_error, batches, show_progress=False)["weight"])
+
+
 def test_gradient_sum_adds_batch_gradients_in_eval_mode():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 4), nn.Dropout(0.5), nn.Linear(4, 1))

@@ -68,6 +68,37 @@ def test_epsilon_loss_is_per_sample(tiny_pipeline):
     assert losses.shape == (5,) and torch.all(losses > 0)
 
 
+def test_guided_epsilon_loss_is_on_the_guided_prediction(tiny_pipeline):
+    """guidance w: the MSE of ε_∅ + w(ε_c − ε_∅) against the noise (the official Fisher's loss); w = 1 is the plain one."""
+    scheduler, unet = tiny_pipeline.scheduler, tiny_pipeline.unet.eval()
+    images, labels = torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 0])
+    torch.manual_seed(0)
+    guided = ddpm.epsilon_loss(scheduler, null_class=3, guidance=3.0)(unet, (images, labels))
+    torch.manual_seed(0)
+    plain = ddpm.epsilon_loss(scheduler, null_class=3, guidance=1.0)(unet, (images, labels))
+    torch.manual_seed(0)  # the same noise and timesteps, by hand
+    noise = torch.randn_like(images)
+    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (4,))
+    noisy = scheduler.add_noise(images, noise, timesteps)
+    eps_class = unet(noisy, timesteps, class_labels=labels).sample
+    eps_null = unet(noisy, timesteps, class_labels=torch.full_like(labels, 3)).sample
+    assert torch.allclose(guided, (eps_null + 3 * (eps_class - eps_null) - noise).pow(2).mean(dim=(1, 2, 3)), atol=1e-5)
+    assert torch.allclose(plain, (eps_class - noise).pow(2).mean(dim=(1, 2, 3)), atol=1e-6)
+    assert not torch.allclose(guided, plain)
+
+
+def test_label_dropout_conditions_that_share_on_the_null_class(tiny_pipeline):
+    """Unlearning with method.label_dropout: dropped labels train ε_∅, the others their own class."""
+    scheduler, unet = tiny_pipeline.scheduler, tiny_pipeline.unet
+    images, labels = torch.randn(64, 1, 8, 8), torch.zeros(64, dtype=torch.long)
+    for dropout, used in ((0.0, {0}), (0.5, {0, 3}), (0.999, {3})):
+        unet.zero_grad(set_to_none=True)
+        torch.manual_seed(1)
+        ddpm.epsilon_loss(scheduler, dropout, null_class=3)(unet, (images, labels)).mean().backward()
+        rows = unet.class_embedding.weight.grad.abs().sum(dim=1)
+        assert {k for k in range(4) if rows[k] > 0} == used, dropout
+
+
 def test_class_split_and_missing_class():
     images, labels = torch.randn(6, 1, 8, 8), torch.tensor([0, 1, 1, 2, 0, 1])
     (fi, fl), (ri, rl) = ddpm.class_split(images, labels, 1)

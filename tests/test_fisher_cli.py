@@ -14,7 +14,7 @@ from erase.core.saliency import load_mask, mask_stats, saliency_mask
 from erase.data.digits import load_digits_tensors
 from erase.families import ddpm
 from erase.families.ddpm_pipeline import ClassConditionalDDPMPipeline
-from erase.recipes import load_recipe
+from erase.recipes import apply_overrides, load_recipe
 from erase.workflows import ddpm_class
 
 FORGET_CLASS = 3
@@ -52,7 +52,7 @@ def test_fisher_matches_the_workflow_and_mask_matches_the_core(recipe_path, tmp_
     unet = pipeline.unet.requires_grad_(True)
     reference_dir = tmp_path / "run"
     ddpm_class.class_mask(
-        method_spec("sfron"), settings.fisher, unet, ddpm.epsilon_loss(pipeline.scheduler),
+        method_spec("sfron"), settings.fisher, unet, ddpm_class.fisher_loss(settings.fisher, pipeline),
         *ddpm_class.class_batches(settings.data, images, labels, FORGET_CLASS, config.seed), config, reference_dir,
         {"forget_class": FORGET_CLASS, "data": asdict(settings.data)}, show_progress=False,
     )
@@ -80,6 +80,52 @@ def test_fisher_matches_the_workflow_and_mask_matches_the_core(recipe_path, tmp_
     assert len([line for line in printed.splitlines() if line.startswith("  ")]) == 3
     with safe_open(str(mask_path), framework="pt") as f:
         assert f.metadata()["gamma"] == "2.0"
+
+
+def test_each_option_of_the_official_fisher_changes_the_diagonals_and_the_key(recipe_path, tmp_path):
+    """fisher.batches = 0 (a full pass), fisher.clip (each batch gradient clipped before squaring) and
+    fisher.guidance (the loss on the guided prediction): each changes the diagonals and their cache key,
+    and `erase fisher` computes what the workflow does with the clip and the guidance."""
+
+    big_batches = ["data.batch_size=64"]  # fewer batches in a full pass: a faster test
+
+    def fisher(*overrides):
+        out = tmp_path / ("-".join(overrides) or "plain")
+        sets = (a for o in (*big_batches, *overrides) for a in ("--set", o))
+        assert main(["fisher", str(recipe_path), "--out", str(out), *sets]) == 0
+        info = json.loads((out / "fisher.json").read_text())
+        return load_fisher(out / "fisher_forget.safetensors"), load_fisher(out / "fisher_remain.safetensors"), info
+
+    def total(diagonal):  # Σ_θ F = the mean over batches of |g_b|²
+        return sum(float(t.sum()) for t in diagonal.values())
+
+    plain = fisher()
+    clip = round((total(plain[1]) / 4) ** 0.5, 6)  # half the remain batches' RMS gradient norm: it binds
+    full, clipped, guided = fisher("fisher.batches=0"), fisher(f"fisher.clip={clip}"), fisher("fisher.guidance=3")
+    recipe = apply_overrides(load_recipe(recipe_path), big_batches)
+    settings = ddpm_class.read(recipe)
+    loaders = ddpm_class.class_batches(settings.data, *load_digits_tensors("train"), FORGET_CLASS, settings.sfron.seed)
+    remain_batches = loaders[1]
+    assert plain[2]["remain_batches"] == 2 and full[2]["remain_batches"] == len(remain_batches) > 2
+    assert total(clipped[0]) <= clip**2 * 1.0001 and total(clipped[1]) <= clip**2 * 1.0001 < total(plain[1])
+    for variant in (full, clipped, guided):
+        assert variant[2]["key"] != plain[2]["key"]
+        assert any(not torch.equal(variant[1][n], plain[1][n]) for n in plain[1])
+
+    official = [f"fisher.clip={clip}", "fisher.guidance=3"]  # a clip that binds; batches = 0 left out (time)
+    forget, remain, info = fisher(*official)
+    settings = ddpm_class.read(apply_overrides(recipe, official))
+    pipeline = ddpm.load_pipeline(recipe["model"]["path"])
+    unet = pipeline.unet.requires_grad_(True)
+    ddpm_class.class_mask(
+        method_spec("sfron"), settings.fisher, unet, ddpm_class.fisher_loss(settings.fisher, pipeline),
+        *loaders, settings.sfron,
+        tmp_path / "run", {"forget_class": FORGET_CLASS, "data": asdict(settings.data)}, show_progress=False,
+    )
+    assert info["key"] == json.loads((tmp_path / "run" / "fisher.json").read_text())["key"]
+    for name, computed in (("forget", forget), ("remain", remain)):
+        expected = load_fisher(tmp_path / "run" / f"fisher_{name}.safetensors")
+        assert all(torch.equal(computed[n], expected[n]) for n in computed), name
 
 
 def test_mask_errors_are_one_line_and_write_nothing(tmp_path, capsys):

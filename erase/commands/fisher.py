@@ -61,7 +61,8 @@ def run_fisher(args) -> int:
         raise UserError(f"erase fisher supports DDPM class recipes (family ddpm, task class), not {key[0]}/{key[1]}")
     settings = ddpm_class.read(recipe)
     out_dir = check_output_folder(args.out, "--out")
-    config, num_batches, forget_class = settings.sfron, settings.fisher.batches, settings.forget.forget_class
+    config, forget_class = settings.sfron, settings.forget.forget_class
+    num_batches, clip = settings.fisher.batches or None, settings.fisher.clip or None  # 0: a full pass; 0: no clip
     if forget_class is None:
         raise UserError("the recipe has no forget.class")
     pipeline = ddpm.load_or_build_pipeline(asdict(settings.model))
@@ -75,21 +76,24 @@ def run_fisher(args) -> int:
     # Same loaders, seeds and order as the workflow, so a single process caches what `erase run` computes.
     forget_batches, remain_batches = ddpm_class.class_batches(settings.data, images, labels, forget_class, config.seed)
     unet = pipeline.unet.to(accelerator.device).requires_grad_(True)
-    loss_fn = ddpm.epsilon_loss(pipeline.scheduler)
-    used = {"forget": min(num_batches, len(forget_batches)), "remain": min(num_batches, len(remain_batches))}
+    loss_fn = ddpm_class.fisher_loss(settings.fisher, pipeline)
+    used = {name: min(num_batches or len(batches), len(batches))
+            for name, batches in (("forget", forget_batches), ("remain", remain_batches))}
     torch.manual_seed(config.seed)  # as erase run seeds its Fisher pass
     show = accelerator.is_local_main_process
     fisher_forget = fisher_diagonal(
-        unet, loss_fn, forget_batches, accelerator, num_batches=num_batches, desc="fisher (forget)", show_progress=show
+        unet, loss_fn, forget_batches, accelerator, num_batches=num_batches, desc="fisher (forget)", show_progress=show,
+        clip=clip,
     )
     fisher_remain = fisher_diagonal(
-        unet, loss_fn, remain_batches, accelerator, num_batches=num_batches, desc="fisher (remain)", show_progress=show
+        unet, loss_fn, remain_batches, accelerator, num_batches=num_batches, desc="fisher (remain)", show_progress=show,
+        clip=clip,
     )
     seconds = time.perf_counter() - started
     if accelerator.is_main_process:
         # The key `erase run --set fisher.reuse=true` checks before it reads the diagonals back.
         data = {"forget_class": forget_class, "data": asdict(settings.data)}
-        key = ddpm_class.fisher_key(unet, data, num_batches, config.seed)
+        key = ddpm_class.fisher_key(unet, data, settings.fisher, config.seed)
         weights = sum(t.numel() for t in fisher_forget.values())
         info = {
             "model": recipe["model"].get("path") or "random_init", "forgotten_class": forget_class,

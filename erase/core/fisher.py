@@ -25,8 +25,12 @@ def fisher_diagonal(
     num_batches: int | None = None,
     desc: str = "fisher",
     show_progress: bool = True,
+    clip: float | None = None,
 ) -> dict[str, torch.Tensor]:
     """F = mean over batches of (dL_batch/dθ)², accumulated in fp32 on the weights' device.
+
+    `clip`: each batch gradient is first clipped to that total norm, as the official class-DDPM
+    Fisher does (norm 1), so no batch outweighs the others; None squares it as it is.
 
     With an accelerator, the forward runs under its autocast (its mixed precision); the squares
     are still summed in fp32.
@@ -36,7 +40,8 @@ def fisher_diagonal(
     of its rows of each; the gradients are averaged before they are squared (erase.core.sharding),
     so the result equals one process's and each process does 1/N of the work.
     """
-    sums, count = _stream_gradients(model, loss_fn, batches, accelerator, num_batches, desc, show_progress, squared=True)
+    sums, count = _stream_gradients(model, loss_fn, batches, accelerator, num_batches, desc, show_progress, squared=True,
+                                    clip=clip)
     return {name: s / count for name, s in sums.items()}
 
 
@@ -54,7 +59,8 @@ def gradient_sum(
     return sums
 
 
-def _stream_gradients(model, loss_fn, batches, accelerator, num_batches, desc, show_progress, squared: bool):
+def _stream_gradients(model, loss_fn, batches, accelerator, num_batches, desc, show_progress, squared: bool,
+                      clip: float | None = None):
     """One backward per batch, gradients (or their squares) summed; returns (sums, batch count).
 
     The model is in eval mode meanwhile (dropout off: the statistics describe the model as it is).
@@ -84,6 +90,8 @@ def _stream_gradients(model, loss_fn, batches, accelerator, num_batches, desc, s
             else:
                 loss = loss_fn(model, batch).mean()
                 loss.backward()
+            if clip:
+                torch.nn.utils.clip_grad_norm_(list(params.values()), clip)
             _accumulate(sums, params, squared)
             count += 1
             bar.update(1)

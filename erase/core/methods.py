@@ -85,11 +85,13 @@ def forget_objective(spec: MethodSpec, loss_fn: Callable, temperature: float, de
 
 def method_mask(spec: MethodSpec, model: torch.nn.Module, loss_fn: Callable, forget_batches, remain_batches, gamma: float,
                 fisher_batches: int | None = None, salun_fraction: float = 0.5, seed: int = 0,
-                cache: "FisherCache | None" = None, accelerator=None, show_progress: bool = True):
+                cache: "FisherCache | None" = None, accelerator=None, show_progress: bool = True,
+                fisher_clip: float | None = None):
     """The method's mask and the Fisher diagonals it came from: (mask or None, (F_f, F_r) or None).
 
     SFR-on: (F_f + 1e-15) / (F_r + 1e-15) ≥ γ, with the diagonals read from `cache` when it holds
-    them for this key, else computed (and stored there). SalUn: the top `salun_fraction` of |∇L_f|.
+    them for this key, else computed (and stored there), each batch gradient clipped to `fisher_clip`
+    first when given. SalUn: the top `salun_fraction` of |∇L_f|.
     The global RNG is seeded first, so the passes' noise and timesteps repeat from run to run.
     """
     if spec.mask is None:
@@ -103,9 +105,9 @@ def method_mask(spec: MethodSpec, model: torch.nn.Module, loss_fn: Callable, for
     if fisher is None:
         fisher = (
             fisher_diagonal(model, loss_fn, forget_batches, accelerator, num_batches=fisher_batches,
-                            desc="fisher (forget)", show_progress=show_progress),
+                            desc="fisher (forget)", show_progress=show_progress, clip=fisher_clip),
             fisher_diagonal(model, loss_fn, remain_batches, accelerator, num_batches=fisher_batches,
-                            desc="fisher (remain)", show_progress=show_progress),
+                            desc="fisher (remain)", show_progress=show_progress, clip=fisher_clip),
         )
         if cache is not None and (accelerator is None or accelerator.is_main_process):
             cache.save(*fisher)

@@ -69,19 +69,28 @@ def load_pipeline(path, device: str | torch.device = "cpu") -> ClassConditionalD
     return pipeline.to(device)
 
 
-def epsilon_loss(scheduler: DDPMScheduler, class_dropout: float = 0.0, null_class: int | None = None):
+def epsilon_loss(scheduler: DDPMScheduler, class_dropout: float = 0.0, null_class: int | None = None,
+                 guidance: float = 1.0):
     """Per-sample ε-prediction MSE at a random timestep: the family's loss for the core.
 
-    batch = (images in [-1, 1], class labels). With class_dropout > 0 (pretraining), that share of
-    labels is replaced by the null class so the model learns ε_∅ for guidance.
+    batch = (images in [-1, 1], class labels). With class_dropout > 0 (pretraining; unlearning with
+    method.label_dropout, as the official code does), that share of labels is replaced by the null
+    class so the model keeps learning ε_∅ for guidance. With guidance w ≠ 1 the loss is on the
+    guided prediction ε_∅ + w(ε_c − ε_∅), through both passes: the official class-DDPM Fisher's loss
+    (its (1 + s)ε(c) − sε(∅) is w = 1 + s); w = 1 is the plain conditional prediction.
     """
 
     def loss_fn(model, batch):
         noisy, noise, timesteps, labels = noised_batch(scheduler, model, batch)
         if class_dropout > 0:
-            drop = torch.rand(labels.shape, device=labels.device) < class_dropout
+            drop = draw_rows(lambda n: torch.rand(n, device=labels.device), len(labels)) < class_dropout
             labels = torch.where(drop, torch.full_like(labels, null_class), labels)
-        return per_sample_mse(model(noisy, timesteps, class_labels=labels).sample, noise)
+        if guidance == 1.0:
+            return per_sample_mse(model(noisy, timesteps, class_labels=labels).sample, noise)
+        null = torch.full_like(labels, null_class)  # one forward of both halves, as the pipeline samples
+        eps_class, eps_null = model(noisy.repeat(2, 1, 1, 1), timesteps.repeat(2),
+                                    class_labels=torch.cat([labels, null])).sample.chunk(2)
+        return per_sample_mse(eps_null + guidance * (eps_class - eps_null), noise)
 
     return loss_fn
 

@@ -78,6 +78,9 @@ class Data:
 @dataclass
 class ClassMethod(Method):
     name: str = key("sfron", choices=CLASS_METHODS)
+    # Share of labels replaced by the null class in the ε-loss of the forget and remain steps, as the
+    # official code unlearns (0.1); RL, SalUn and ESD's forget losses keep the true label.
+    label_dropout: float = key(0.0, low=0, below=1)
 
     @property
     def spec(self):
@@ -86,7 +89,13 @@ class ClassMethod(Method):
 
 @dataclass
 class Fisher:
-    batches: int = key(8, low=1)
+    """[fisher]: the mask's gradient pass. The official class-DDPM Fisher is batches = 0, guidance = 3 (its
+    cond_scale 2) and a clip that binds on every batch (its clip 1 is on the loss summed over pixels, i.e.
+    1/(C·H·W) here: 1/64 on digits); the defaults are the plain pass (docs/fidelity.md)."""
+
+    batches: int = key(8, low=0)  # per set; 0: one full pass over the forget and the remain data
+    clip: float = key(0.0, low=0)  # clip each batch gradient to this norm before squaring; 0: off
+    guidance: float = key(1.0, low=0)  # the loss on ε_∅ + w(ε_c − ε_∅); 1: the plain conditional ε
     reuse: bool = key(False)  # read back diagonals cached in output.dir when their key matches
     salun_fraction: float = key(0.5, above=0, high=1)
 
@@ -236,12 +245,13 @@ def erase_class(settings: Settings, pipeline, spec, config, forget_class: int, w
     with timer("generate"):  # self-generated data (data.dataset = "generated"); real data loads in no time
         images, labels = training_data(settings.data, pipeline)
     forget_batches, remain_batches = class_batches(settings.data, images, labels, forget_class, config.seed)
-    loss_fn = ddpm.epsilon_loss(scheduler)
+    loss_fn = ddpm.epsilon_loss(scheduler, settings.method.label_dropout, pipeline.null_class)
 
     unet.requires_grad_(True)
     started = time.perf_counter()
     with timer("fisher"):
-        mask = class_mask(spec, settings.fisher, unet, loss_fn, forget_batches, remain_batches, config, work_dir,
+        mask = class_mask(spec, settings.fisher, unet, fisher_loss(settings.fisher, pipeline), forget_batches,
+                          remain_batches, config, work_dir,
                           {"forget_class": forget_class, "data": asdict(settings.data)}, show_progress, accelerator)
     mask_seconds = time.perf_counter() - started
     descent = None
@@ -273,20 +283,28 @@ def process_accelerator(pipeline, config: SFRonConfig, batch_size: int):
 def class_mask(spec, fisher: Fisher, model, loss_fn, forget_batches, remain_batches, config, out_dir: Path,
                data: dict, show_progress: bool = True, accelerator=None):
     """The method's mask (erase.core.methods), saved in OUT; the Fisher is cached in OUT under a key of
-    the trained weights, `data` (the forgotten class and data settings), batches and seed, so
+    the trained weights, `data` (the forgotten class and data settings), the [fisher] pass and seed, so
     `fisher.reuse` reads back only diagonals computed for this very run (e.g. by `erase fisher`)."""
-    cache = FisherCache(out_dir, fisher_key(model, data, fisher.batches, config.seed), reuse=fisher.reuse)
+    cache = FisherCache(out_dir, fisher_key(model, data, fisher, config.seed), reuse=fisher.reuse)
     mask, _ = method_mask(spec, model, loss_fn, forget_batches, remain_batches, config.gamma,
-                          fisher_batches=fisher.batches, salun_fraction=fisher.salun_fraction, seed=config.seed,
-                          cache=cache, accelerator=accelerator, show_progress=show_progress)
+                          fisher_batches=fisher.batches or None, salun_fraction=fisher.salun_fraction, seed=config.seed,
+                          cache=cache, accelerator=accelerator, show_progress=show_progress,
+                          fisher_clip=fisher.clip or None)
     if mask is not None and (accelerator is None or accelerator.is_main_process):
         save_mask(mask, out_dir / "mask.safetensors", metadata={"method": spec.name, "gamma": str(config.gamma)})
     return mask
 
 
-def fisher_key(model, data: dict, batches: int, seed: int) -> dict:
+def fisher_key(model, data: dict, fisher: Fisher, seed: int) -> dict:
     """What a class workflow's Fisher diagonals are computed from (`erase fisher` writes the same key)."""
-    return {"weights": weights_fingerprint(model), **data, "batches": batches, "seed": seed}
+    return {"weights": weights_fingerprint(model), **data, "batches": fisher.batches, "clip": fisher.clip,
+            "guidance": fisher.guidance, "seed": seed}
+
+
+def fisher_loss(fisher: Fisher, pipeline):
+    """The mask pass's loss: the ε-MSE, on the guided prediction when fisher.guidance ≠ 1, never with
+    label dropout (the official Fisher runs the model in test mode)."""
+    return ddpm.epsilon_loss(pipeline.scheduler, null_class=pipeline.null_class, guidance=fisher.guidance)
 
 
 def esd_loss(negative_guidance: float, unet, scheduler):
