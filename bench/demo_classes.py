@@ -10,6 +10,7 @@ import json
 import time
 
 from erase.commands.demo import RECIPES
+from erase.eval.verdict import class_forgotten
 from erase.recipes import apply_overrides, load_recipe, resolve_path
 from erase.workflows import ddpm_class
 
@@ -28,13 +29,14 @@ def main() -> None:
         started = time.perf_counter()
         m = ddpm_class.run(recipe, show_progress=False)
         b, a = m["before"], m["after"]
+        ok = class_forgotten(a["fa"], a["remaining_accuracy"], b["remaining_accuracy"], a["fid"], b["fid"])
         rows.append(
             f"| {k} | {m['mask_fraction']:.1%} | {b['fa']:.2f} → **{a['fa']:.2f}** | "
             f"{b['remaining_accuracy']:.3f} → {a['remaining_accuracy']:.3f} | {b['fid']:.1f} → {a['fid']:.1f} | "
-            f"{time.perf_counter() - started:.0f} |"
+            f"{time.perf_counter() - started:.0f} | {'yes' if ok else 'no'} |"
         )
         print(rows[-1], flush=True)
-    print("\n| digit | mask | FA | remaining accuracy | FID (remaining) | seconds |\n|---|---|---|---|---|---|")
+    print("\n| digit | mask | FA | remaining accuracy | FID (remaining) | seconds | bar |\n|---|---|---|---|---|---|---|")
     print("\n".join(rows))
     with open(f"{args.out}/table.json", "w") as f:
         json.dump(rows, f, indent=1)

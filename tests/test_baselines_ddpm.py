@@ -83,7 +83,7 @@ def test_bench_gives_every_method_the_recipe_settings_but_its_own_forget_weight(
     assert "top-50% \\|∇L_f\\| mask" in steps_to_forget.describe(runs[3], recipe)
 
 
-def test_forgotten_needs_both_low_fa_and_kept_accuracy():
+def test_forgotten_needs_low_fa_kept_accuracy_and_kept_fid():
     curve = [
         {"step": 10, "fa": 0.01, "remaining_accuracy": 0.90},  # forgot, but the other digits suffered
         {"step": 20, "fa": 0.08, "remaining_accuracy": 0.97},
@@ -91,6 +91,8 @@ def test_forgotten_needs_both_low_fa_and_kept_accuracy():
     ]
     assert steps_to_forget.first_forgotten({"curve": curve}, 0.98)["step"] == 30
     assert steps_to_forget.first_forgotten({"curve": curve}, 0.99) is None
+    with_fid = [{**p, "fid": 30.0} for p in curve] + [{"step": 40, "fa": 0.0, "remaining_accuracy": 0.97, "fid": 24.0}]
+    assert steps_to_forget.first_forgotten({"curve": with_fid}, 0.98, original_fid=20.0)["step"] == 40  # FID ≤ 25
 
 
 def test_replace_section_keeps_the_other_sections(tmp_path):
