@@ -79,6 +79,9 @@ def test_demo_erases_reloads_generates_and_evaluates(tmp_path, capsys):
     assert metrics["family"] == "sd" and metrics["method"] == "sfron" and metrics["steps"] == 2
     assert metrics["seconds"] > 0 and 0 < metrics["mask_fraction"] < 1
     assert "a handwritten seven" in metrics["forget_prompts"] and "a handwritten one" in metrics["anchor_prompts"]
+    timings = metrics["timings"]  # every phase of the job, and the time line printed at the end
+    assert all(timings[phase] > 0 for phase in ("generate", "encode", "fisher", "loop", "evaluate", "export"))
+    assert timings["steps_per_second"] > 0 and "time: generate" in printed
     for when in ("before", "after"):
         assert {"fa", "fa_paraphrase", "remaining_accuracy", "fid"} <= set(metrics[when])
         assert all(0 <= metrics[when][k] <= 1 for k in ("fa", "fa_paraphrase", "remaining_accuracy"))
