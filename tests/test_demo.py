@@ -33,6 +33,9 @@ def test_demo_writes_the_run_folder(tmp_path, capsys):
     assert metrics["family"] == "ddpm" and metrics["method"] == "sfron"
     assert metrics["forgotten_class"] == 5 and metrics["steps"] == 2
     assert 0 < metrics["mask_fraction"] < 1 and metrics["seconds"] > 0
+    timings = metrics["timings"]  # real digits: nothing generated or encoded; every other phase timed
+    assert timings["generate"] == timings["encode"] == 0 and timings["steps_per_second"] > 0
+    assert all(timings[phase] > 0 for phase in ("fisher", "loop", "evaluate", "export"))
     for when in ("before", "after"):
         assert {"fa", "remaining_accuracy", "fid"} <= set(metrics[when])
         assert 0 <= metrics[when]["fa"] <= 1 and metrics[when]["fid"] >= 0
