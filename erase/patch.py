@@ -65,6 +65,13 @@ def make_patch(base: dict[str, torch.Tensor], new: dict[str, torch.Tensor]) -> t
 
 def save_patch(base, new, path, base_model: str, component: str = "unet") -> dict:
     """Write the patch that turns `base` into `new`; returns its stats (with file size)."""
+    tensors, metadata, stats = patch_of(base, new, base_model, component)
+    write_patch(tensors, metadata, path)
+    return {**stats, "bytes": Path(path).stat().st_size, "base_sha256": metadata["base_sha256"]}
+
+
+def patch_of(base, new, base_model: str, component: str = "unet") -> tuple[dict[str, torch.Tensor], dict[str, str], dict]:
+    """(tensors, metadata, stats) of the patch that turns `base` into `new`, as save_patch writes it."""
     tensors, stats = make_patch(base, new)
     metadata = {
         "format": FORMAT,
@@ -75,10 +82,15 @@ def save_patch(base, new, path, base_model: str, component: str = "unet") -> dic
         "changed": str(stats["changed"]),
         "total": str(stats["total"]),
     }
+    return tensors, metadata, stats
+
+
+def write_patch(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path) -> Path:
+    """One safetensors file (atomically); an empty patch holds one empty tensor to carry the metadata."""
     if not tensors:  # safetensors needs at least one tensor to carry the metadata
-        tensors[SEPARATOR + "empty"] = torch.zeros(0)
+        tensors = {SEPARATOR + "empty": torch.zeros(0)}
     atomic_save_tensors(tensors, path, metadata=metadata)
-    return {**stats, "bytes": Path(path).stat().st_size, "base_sha256": metadata["base_sha256"]}
+    return Path(path)
 
 
 def read_patch(path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -64,6 +64,46 @@ def apply_overrides(recipe: dict, overrides: list[str]) -> dict:
     return result
 
 
+def apply_options(cls, recipe: dict, options: dict, given: tuple[str, ...] = ()) -> dict:
+    """A copy of `recipe` with Python keyword options set, for the recipe dataclass `cls`: a key by its
+    own name where one section alone has it (`lr=3e-4` is sfron.lr), a section as a dict
+    (`data={"seed": 1}`) or dotted (`**{"data.seed": 1}`). The values are checked with the recipe
+    (read_settings); a name no section has, or several have, is a UserError. `given`: the sections the
+    caller fills itself (the model: the pipeline it was handed)."""
+    hints = typing.get_type_hints(cls)
+    sections = {f.name: [g.metadata.get("name") or g.name for g in fields(hints[f.name])]
+                for f in fields(cls) if is_dataclass(hints[f.name])}
+    result = copy.deepcopy(recipe)
+    for name, value in options.items():
+        keys = name.split(".")
+        if len(keys) == 1 and name in sections:
+            if not isinstance(value, dict):
+                raise UserError(f"option {name} is a section: give a dict of its keys, e.g. {name}={{...}}")
+            pairs = [([name, k], v) for k, v in value.items()]
+        elif len(keys) == 1:
+            owners = [section for section, names in sections.items() if name in names and section not in given]
+            if len(owners) > 1:
+                choices = ", ".join(f"{section}.{name}" for section in owners)
+                raise UserError(f"option {name} is a key of several sections ({choices}): say which, "
+                                f"e.g. {owners[0]}={{{name!r}: ...}}")
+            if not owners:
+                known = sorted({k for section, names in sections.items() if section not in given for k in names})
+                raise UserError(unknown_key(name, known).replace("recipe key", "option"))
+            pairs = [([owners[0], name], value)]
+        else:
+            pairs = [(keys, value)]
+        for path, item in pairs:
+            if path[0] in given:
+                raise UserError(f"option {'.'.join(path)}: the {path[0]} is given as an argument, not an option")
+            table = result
+            for part in path[:-1]:
+                table = table.setdefault(part, {})
+                if not isinstance(table, dict):
+                    raise UserError(f"option {name}: {part} is not a section")
+            table[path[-1]] = item
+    return result
+
+
 # --- typed settings: each workflow declares its recipe as dataclasses, one per section -----------------
 
 

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 from erase.commands.common import add_mixed_precision, positive_float, positive_int
 from erase.commands.export import lora_rank
+from erase.sd import BUNDLED_RECIPES  # the bundled text-to-image model's own recipe (a 0.8M-parameter UNet)
 
 DEFAULT_RECIPE = "pipelines/sd-v1-4-nudity.toml"
-# The bundled text-to-image model has its own recipe (settings for a 0.8M-parameter UNet, digit prompts).
-BUNDLED_RECIPES = {"assets/digits-sd": "pipelines/digits-sd-concept.toml"}
 
 
 def register(subparsers) -> None:

@@ -14,8 +14,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
 from torch.utils.data import TensorDataset
 
+from erase.api import ErasureResult
 from erase.core.io import atomic_directory
 from erase.core.methods import (
     ESD,
@@ -151,23 +153,48 @@ def read(recipe: dict) -> Settings:
 
 
 def run(recipe: dict, show_progress: bool = True) -> dict:
-    """Run a class-forgetting recipe end to end; returns the metrics written to metrics.json."""
+    """Run a class-forgetting recipe end to end: load the model, forget the class (erase_pipeline, as
+    erase.ddpm.forget_class does), export the model, write the records; returns the metrics written to
+    metrics.json."""
     started = time.perf_counter()
     timer = PhaseTimer()
     settings = read(recipe)
-    forget_class, spec, config = settings.forget.forget_class, settings.method.spec, settings.sfron
-    if forget_class is None:
+    if settings.forget.forget_class is None:
         raise UserError("the recipe has no forget.class")
     out_dir = settings.output.folder("runs/ddpm-class")
-    torch.manual_seed(config.seed)
+    torch.manual_seed(settings.sfron.seed)
 
     pipeline = ddpm.load_or_build_pipeline(asdict(settings.model))  # a folder/hub id, or random_init for speed runs
+    result = erase_pipeline(pipeline, settings, out_dir, timer, show_progress)
+    if not PartialState().is_main_process:  # the main process alone writes the model and the records
+        return {"steps": settings.sfron.steps, "seconds": round(time.perf_counter() - started, 2)}
+    metrics = result.metrics
+    with timer("export"):
+        with atomic_directory(out_dir / "model") as model_dir:
+            pipeline.save_pretrained(model_dir)
+        save_loss_plot(result.history, out_dir / "loss.png",
+                       title=f"{metrics['method']}: forgetting class {metrics['forgotten_class']}")
+    metrics["seconds"] = round(time.perf_counter() - started, 2)
+    metrics["timings"] = timer.timings(settings.sfron.steps)
+    write_run_records(out_dir, metrics, result.mask_stats, recipe)
+    return metrics
+
+
+def erase_pipeline(pipeline, settings: Settings, out_dir: Path, timer: PhaseTimer | None = None,
+                   show_progress: bool = True) -> ErasureResult:
+    """The forgetting of a run, in place on a loaded pipeline's UNet: the before evaluation, the data, mask
+    and loop (erase_class), the after evaluation, with both grids drawn in `out_dir`. `erase ddpm` and
+    erase.ddpm.forget_class both run it; the pipeline works on its own device."""
+    started = time.perf_counter()
+    timer = timer or PhaseTimer()
+    forget_class, spec, config = settings.forget.forget_class, settings.method.spec, settings.sfron
     accelerator = process_accelerator(pipeline, config, settings.data.batch_size)
     num_classes = pipeline.num_classes
     if not 0 <= forget_class < num_classes:
         raise UserError(f"forget.class must be in [0, {num_classes - 1}], got {forget_class}")
     evaluator = make_evaluator(settings, num_classes, forget_class)
     main = accelerator.is_main_process  # evaluates and writes; the others share the Fisher pass and the loop
+    out_dir.mkdir(parents=True, exist_ok=True)
 
     with timer("evaluate"):
         before = evaluator.evaluate(pipeline, "before") if main else None
@@ -179,15 +206,10 @@ def run(recipe: dict, show_progress: bool = True) -> dict:
 
     with timer("evaluate"):
         after = evaluator.evaluate(pipeline, "after") if main else None
+        if main:
+            save_grid(before.pop("grid"), out_dir / "grid_before.png", nrow=num_classes)
+            save_grid(after.pop("grid"), out_dir / "grid_after.png", nrow=num_classes)
     accelerator.wait_for_everyone()
-    if not main:
-        return {"steps": config.steps, "seconds": round(time.perf_counter() - started, 2)}
-    with timer("export"):
-        with atomic_directory(out_dir / "model") as model_dir:
-            pipeline.save_pretrained(model_dir)
-        save_grid(before.pop("grid"), out_dir / "grid_before.png", nrow=num_classes)
-        save_grid(after.pop("grid"), out_dir / "grid_after.png", nrow=num_classes)
-        save_loss_plot(history, out_dir / "loss.png", title=f"{spec.name}: forgetting class {forget_class}")
     metrics = {
         "family": "ddpm",
         "method": spec.name,
@@ -202,8 +224,7 @@ def run(recipe: dict, show_progress: bool = True) -> dict:
         "after": after,
         "history": history,
     }
-    write_run_records(out_dir, metrics, stats, recipe)
-    return metrics
+    return ErasureResult(pipeline, metrics, history, stats, mask)
 
 
 def training_data(data: Data, pipeline) -> tuple[torch.Tensor, torch.Tensor]:

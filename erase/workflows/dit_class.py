@@ -18,6 +18,7 @@ import torch
 from accelerate import PartialState
 from torch.utils.data import TensorDataset
 
+from erase.api import ErasureResult
 from erase.core.io import atomic_directory, atomic_save_tensors, read_tensors
 from erase.core.methods import ESD, forget_objective
 from erase.core.sharding import draw_rows
@@ -90,17 +91,41 @@ class Settings:
 
 
 def run(recipe: dict, show_progress: bool = True) -> dict:
-    """Run a DiT class-forgetting recipe end to end; returns the metrics written to metrics.json."""
+    """Run a DiT class-forgetting recipe end to end: load the model, forget the class (erase_pipeline, as
+    erase.dit.forget_class does), export the pipeline, write the records; returns the metrics written to
+    metrics.json."""
     started = time.perf_counter()
     timer = PhaseTimer()
     settings = read_settings(Settings, recipe)
     out_dir = settings.output.folder("runs/dit-class")
-    spec, config = settings.method.spec, settings.sfron
     if settings.forget.forget_class is None:
         raise UserError("the recipe has no forget.class")
-    torch.manual_seed(config.seed)
+    torch.manual_seed(settings.sfron.seed)
 
     pipeline = dit.load_or_build_pipeline(asdict(settings.model))
+    result = erase_pipeline(pipeline, settings, out_dir, timer, show_progress)
+    if not PartialState().is_main_process:  # the main process alone writes the model and the records
+        return {"steps": settings.sfron.steps, "seconds": round(time.perf_counter() - started, 2)}
+    metrics = result.metrics
+    with timer("export"):
+        with atomic_directory(out_dir / "model") as model_dir:
+            pipeline.save_pretrained(model_dir)
+        save_loss_plot(result.history, out_dir / "loss.png",
+                       title=f"{metrics['method']}: forgetting ImageNet class {metrics['forgotten_class']}")
+    metrics["seconds"] = round(time.perf_counter() - started, 2)
+    metrics["timings"] = timer.timings(settings.sfron.steps)
+    write_run_records(out_dir, metrics, result.mask_stats, recipe)
+    return metrics
+
+
+def erase_pipeline(pipeline, settings: Settings, out_dir: Path, timer: PhaseTimer | None = None,
+                   show_progress: bool = True) -> ErasureResult:
+    """The forgetting of a run, in place on a loaded DiTPipeline's transformer: the before evaluation, the
+    cached latents, the mask, the loop, the after evaluation, with both grids drawn in `out_dir`.
+    `erase dit` and erase.dit.forget_class both run it; the pipeline works on its own device."""
+    started = time.perf_counter()
+    timer = timer or PhaseTimer()
+    spec, config = settings.method.spec, settings.sfron
     accelerator = process_accelerator(pipeline, config, settings.data.batch_size)
     main = accelerator.is_main_process  # evaluates and writes; the others share generation, Fisher and loop
     forget_class = dit.class_id(pipeline, settings.forget.forget_class)
@@ -108,6 +133,7 @@ def run(recipe: dict, show_progress: bool = True) -> dict:
     data = asdict(settings.data)
     dataset = open_training_folder(settings.data.dataset, pipeline, forget_class)  # bad data fails before any work
     evaluator = make_evaluator(settings.eval, pipeline, forget_class)
+    out_dir.mkdir(parents=True, exist_ok=True)
 
     with timer("evaluate"):
         before = evaluator.evaluate(pipeline, "before") if main else None
@@ -142,15 +168,10 @@ def run(recipe: dict, show_progress: bool = True) -> dict:
 
     with timer("evaluate"):
         after = evaluator.evaluate(pipeline, "after") if main else None
+        if main:
+            save_grid(before.pop("grid"), out_dir / "grid_before.png", nrow=evaluator.grid_columns, scale=1)
+            save_grid(after.pop("grid"), out_dir / "grid_after.png", nrow=evaluator.grid_columns, scale=1)
     accelerator.wait_for_everyone()
-    if not main:
-        return {"steps": config.steps, "seconds": round(time.perf_counter() - started, 2)}
-    with timer("export"):
-        with atomic_directory(out_dir / "model") as model_dir:
-            pipeline.save_pretrained(model_dir)
-        save_grid(before.pop("grid"), out_dir / "grid_before.png", nrow=evaluator.grid_columns, scale=1)
-        save_grid(after.pop("grid"), out_dir / "grid_after.png", nrow=evaluator.grid_columns, scale=1)
-        save_loss_plot(history, out_dir / "loss.png", title=f"{spec.name}: forgetting ImageNet class {forget_class}")
     metrics = {
         "family": "dit",
         "method": spec.name,
@@ -168,8 +189,7 @@ def run(recipe: dict, show_progress: bool = True) -> dict:
         "after": after,
         "history": history,
     }
-    write_run_records(out_dir, metrics, stats, recipe)
-    return metrics
+    return ErasureResult(pipeline, metrics, history, stats, mask)
 
 
 def other_classes(batch):

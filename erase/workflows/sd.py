@@ -26,6 +26,7 @@ import torch
 from accelerate import Accelerator, PartialState
 from torch.utils.data import TensorDataset
 
+from erase.api import ErasureResult
 from erase.core.io import atomic_write_json
 from erase.core.methods import (
     ESD,
@@ -45,7 +46,7 @@ from erase.errors import UserError
 from erase.eval.report import format_table, save_grid, save_loss_plot
 from erase.eval.verdict import concept_verdict
 from erase.families import sd
-from erase.patch import save_patch
+from erase.patch import patch_of
 from erase.recipes import key, read_settings, resolve_path
 from erase.workflows.records import write_run_records
 from erase.workflows.settings import Output
@@ -62,14 +63,43 @@ SFRON_DEFAULTS = dict(steps=1000, lr=1e-5, forget_alpha=1.0, remain_alpha=1.0, d
 
 
 def run(recipe: dict, show_progress: bool = True, on_step=None) -> dict:
-    """Run an SD concept-erasure recipe end to end; returns the metrics written to metrics.json.
+    """Run an SD concept-erasure recipe end to end: load the model, erase (erase_pipeline, as
+    erase.sd.erase_concept does), export the folder and the patch, write the records; returns the
+    metrics written to metrics.json.
 
     on_step(step, unet, record) is called after each loop step (benches evaluate there)."""
     started = time.perf_counter()
     timer = PhaseTimer()
     settings = Settings(recipe)
     pipeline, folder = sd.load_pipeline(settings.model)  # a bad model is reported before anything starts
-    accelerator = Accelerator(mixed_precision=settings.config.mixed_precision)
+    pipeline.to(PartialState().device)  # the GPU when there is one (under accelerate launch, the process's)
+    stored_dtype = sd.stored_unet_dtype(folder)  # the patch and the export keep it: untouched weights stay equal
+    result = erase_pipeline(pipeline, settings, stored_dtype, timer, show_progress, on_step)
+    if not PartialState().is_main_process:  # the main process alone writes the model and the records
+        return {"steps": settings.config.steps, "seconds": round(time.perf_counter() - started, 2)}
+    out_dir, metrics = settings.out_dir, result.metrics
+    with timer("export"):
+        sd.export_pipeline(folder, sd.unet_state(pipeline.unet, stored_dtype), out_dir / "model")
+        result.save_patch(out_dir / "patch.safetensors")
+        save_loss_plot(result.history, out_dir / "loss.png",
+                       title=f"{settings.method}: erasing {settings.forget_rows[0].prompt!r}")
+    metrics["seconds"] = round(time.perf_counter() - started, 2)
+    metrics["timings"] = timer.timings(settings.config.steps)
+    metrics["patch"] = {"bytes": (out_dir / "patch.safetensors").stat().st_size,
+                        "unet_bytes": (out_dir / "model" / "unet" / sd.UNET_WEIGHTS).stat().st_size, **metrics["patch"]}
+    write_run_records(out_dir, metrics, result.mask_stats, recipe)
+    return metrics
+
+
+def erase_pipeline(pipeline, settings: Settings, patch_dtype: torch.dtype | None = None, timer: PhaseTimer | None = None,
+                   show_progress: bool = True, on_step=None) -> ErasureResult:
+    """The erasure of a run, in place on a loaded pipeline's UNet: the self-generated sets (cached in
+    settings.out_dir), the before evaluation, the method's mask, the loop, the after evaluation and the
+    patch of the changed weights (in `patch_dtype`, default the UNet's). `erase sd` and
+    erase.sd.erase_concept both run it; the pipeline works on its own device."""
+    started = time.perf_counter()
+    timer = timer or PhaseTimer()
+    accelerator = Accelerator(mixed_precision=settings.config.mixed_precision, cpu=pipeline.device.type == "cpu")
     if settings.batch_size % accelerator.num_processes:
         raise UserError(f"data.batch_size {settings.batch_size} is the global batch: make it a multiple of the "
                         f"{accelerator.num_processes} processes")
@@ -79,8 +109,8 @@ def run(recipe: dict, show_progress: bool = True, on_step=None) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(settings.config.seed)
     unet = pipeline.unet
-    stored_dtype = sd.stored_unet_dtype(folder)
-    base_state = sd.unet_state(unet, stored_dtype)
+    patch_dtype = patch_dtype or unet.dtype
+    base_state = sd.unet_state(unet, patch_dtype) if accelerator.is_main_process else None
 
     # Data: self-generated images (cached), encoded once. Remain images only as many as are used: all for
     # remain steps or the Fisher mask; otherwise (ESD) the probe's few.
@@ -136,17 +166,12 @@ def run(recipe: dict, show_progress: bool = True, on_step=None) -> dict:
 
     with timer("evaluate"):
         after = evaluate(pipeline, settings, probe, accelerator, "after", show_progress, judge)
-    accelerator.wait_for_everyone()
-    if not accelerator.is_main_process:  # the main process alone writes the model and the records
-        return {"steps": settings.config.steps, "seconds": round(time.perf_counter() - started, 2)}
-    with timer("export"):
-        new_state = sd.unet_state(unet, stored_dtype)
-        sd.export_pipeline(folder, new_state, out_dir / "model")
-        patch = save_patch(base_state, new_state, out_dir / "patch.safetensors", base_model=settings.model)
-        if judge is None:
+        if judge is None and accelerator.is_main_process:  # the judge draws its own grids
             write_grids(out_dir)
-        save_loss_plot(history, out_dir / "loss.png", title=f"{settings.method}: erasing {settings.forget_rows[0].prompt!r}")
-    unet_bytes = (out_dir / "model" / "unet" / sd.UNET_WEIGHTS).stat().st_size
+    accelerator.wait_for_everyone()
+    patch, metadata, changed = {}, {}, None
+    if accelerator.is_main_process:  # the others' weights are the same
+        patch, metadata, changed = patch_of(base_state, sd.unet_state(unet, patch_dtype), base_model=settings.model)
     metrics = {
         "family": "sd",
         "method": settings.method,
@@ -164,14 +189,13 @@ def run(recipe: dict, show_progress: bool = True, on_step=None) -> dict:
         "timings": timer.timings(settings.config.steps),
         "trainable_weights": trainable,
         "mask_fraction": stats["fraction"] if stats else 1.0,
-        "patch": {"bytes": patch["bytes"], "unet_bytes": unet_bytes, "changed_weights": patch["changed"],
-                  "changed_fraction": patch["changed_fraction"], "base_sha256": patch["base_sha256"]},
+        "patch": {"changed_weights": changed["changed"], "changed_fraction": changed["changed_fraction"],
+                  "base_sha256": metadata["base_sha256"]} if changed else None,
         "before": before,
         "after": after,
         "history": history,
     }
-    write_run_records(out_dir, metrics, stats, recipe)
-    return metrics
+    return ErasureResult(pipeline, metrics, history, stats, mask, patch, metadata)
 
 
 @dataclass
@@ -338,7 +362,8 @@ def cached_images(pipeline, settings: Settings, rows, folder: Path, show_progres
     any process returns.
     """
     manifest = {
-        "model": settings.model, "rows": [[r.prompt, r.seed] for r in rows], "samples": samples,
+        "model": settings.model, "weights": unet_fingerprint(pipeline.unet), "rows": [[r.prompt, r.seed] for r in rows],
+        "samples": samples,
         "guidance": guidance or settings.guidance, "steps": steps or settings.inference_steps,
         "sampler": type(pipeline.scheduler).__name__,
         "height": settings.height, "width": settings.width,
@@ -360,6 +385,15 @@ def cached_images(pipeline, settings: Settings, rows, folder: Path, show_progres
     )
     state.wait_for_everyone()
     return [folder / sd.image_name(r, k) for r in rows for k in range(samples)]
+
+
+@torch.no_grad()
+def unet_fingerprint(unet) -> str:
+    """A short hash of every UNet weight (the sum and norm of each): the weights that drew cached images,
+    which the model's name alone does not tell (an erased pipeline keeps its name)."""
+    stats = torch.stack([torch.stack([p.sum(dtype=torch.float64), torch.linalg.vector_norm(p, dtype=torch.float64)])
+                         for p in unet.parameters()]).cpu().tolist()
+    return hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:16]
 
 
 @contextmanager
