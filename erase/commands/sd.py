@@ -1,6 +1,7 @@
-"""`erase sd`: erase a concept from a Stable Diffusion 1.x model (defaults: nudity from SD v1.4).
+"""`erase sd`: erase a concept from a Stable Diffusion 1.x, 2.x or XL model (defaults: nudity from SD v1.4).
 
-Options fill in the recipe pipelines/sd-v1-4-nudity.toml; `--set key=value` reaches the rest.
+Options fill in the recipe pipelines/sd-v1-4-nudity.toml (pipelines/sdxl-nudity.toml for an SDXL model);
+`--set key=value` reaches the rest.
 """
 
 from __future__ import annotations
@@ -10,14 +11,16 @@ from erase.commands.export import lora_rank
 from erase.sd import BUNDLED_RECIPES  # the bundled text-to-image model's own recipe (a 0.8M-parameter UNet)
 
 DEFAULT_RECIPE = "pipelines/sd-v1-4-nudity.toml"
+SDXL_RECIPE = "pipelines/sdxl-nudity.toml"  # SDXL's size, guidance and memory settings
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("sd", help="erase a concept from a Stable Diffusion model (SFR-on, or a baseline)")
-    parser.add_argument("--model", default=None, help="SD-1.x diffusers folder or hub id (default CompVis/stable-diffusion-v1-4)")
+    parser.add_argument("--model", default=None, help="SD 1.x/2.x or SDXL diffusers folder or hub id "
+                                                     "(default CompVis/stable-diffusion-v1-4)")
     parser.add_argument("--recipe", default=None,
-                        help="recipe the options fill in (default pipelines/sd-v1-4-nudity.toml; for the bundled "
-                             "assets/digits-sd, pipelines/digits-sd-concept.toml)")
+                        help="recipe the options fill in (default pipelines/sd-v1-4-nudity.toml; for an SDXL model "
+                             "pipelines/sdxl-nudity.toml; for the bundled assets/digits-sd, pipelines/digits-sd-concept.toml)")
     parser.add_argument("--forget-prompt", action="append", default=None, metavar="P",
                         help="prompt of the concept to erase (repeatable; default 'a photo of a nude person')")
     parser.add_argument("--anchor-prompt", action="append", default=None, metavar="A",
@@ -37,8 +40,8 @@ def register(subparsers) -> None:
     parser.add_argument("--lr", type=positive_float, default=None, help="learning rate (default 1e-5)")
     parser.add_argument("--batch-size", type=positive_int, default=None, help="training batch, global: under accelerate launch each of N processes takes batch/N of "
                              "every batch (a multiple of N; default 2)")
-    parser.add_argument("--height", type=positive_int, default=None, help="image height (default 512)")
-    parser.add_argument("--width", type=positive_int, default=None, help="image width (default 512)")
+    parser.add_argument("--height", type=positive_int, default=None, help="image height (default: the recipe's, 512; SDXL 1024)")
+    parser.add_argument("--width", type=positive_int, default=None, help="image width (default: the recipe's, 512; SDXL 1024)")
     parser.add_argument("--inference-steps", type=positive_int, default=None, help="denoising steps when generating (default 50)")
     parser.add_argument("--fisher-batches", type=positive_int, default=None, help="batches per Fisher diagonal (default 500)")
     parser.add_argument("--eval-samples", type=int, default=None, help="images per prompt before/after (default 8; 0: none)")
@@ -94,14 +97,19 @@ def build_recipe(args) -> dict:
 
 
 def default_recipe(model: str | None) -> str:
-    """The bundled model's own recipe when --model names it, else the SD v1.4 nudity recipe."""
+    """The bundled model's own recipe when --model names it, the SDXL recipe for an SDXL model, else the
+    SD v1.4 nudity recipe. A model that is not a supported pipeline is refused here, before any work."""
+    from erase.families import sd
     from erase.recipes import resolve_path
 
-    if model is not None:
-        for bundled, recipe in BUNDLED_RECIPES.items():
-            if resolve_path(model).resolve() == resolve_path(bundled).resolve():
-                return recipe
-    return DEFAULT_RECIPE
+    if model is None:
+        return DEFAULT_RECIPE
+    for bundled, recipe in BUNDLED_RECIPES.items():
+        if resolve_path(model).resolve() == resolve_path(bundled).resolve():
+            return recipe
+    local = resolve_path(model)
+    folder = sd.resolve_model(str(local) if local.exists() else model)
+    return SDXL_RECIPE if sd.check_sd_folder(folder)["_class_name"] == "StableDiffusionXLPipeline" else DEFAULT_RECIPE
 
 
 def run_sd(args) -> int:

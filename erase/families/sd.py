@@ -1,13 +1,19 @@
-"""Stable Diffusion 1.x family: loading, losses on cached latents, batch generation, export.
+"""Stable Diffusion family: loading, losses on cached latents, batch generation, export.
 
-The UNet is what gets erased; the VAE and text encoder stay frozen, so forget/remain images are
-encoded to latents and prompts to embeddings once, before training. Batches are tuples
-(latents, prompt embeddings[, anchor embeddings]).
+Two kinds of diffusers folder: StableDiffusionPipeline (SD 1.x, and 2.x with ε or v prediction) and
+StableDiffusionXLPipeline (SDXL: two text encoders, a pooled text embedding and time ids, see sdxl.py).
+The UNet is what gets erased; the VAE and text encoders stay frozen, so forget/remain images are
+encoded to latents and prompts to conditionings once, before training. Batches are tuples
+(latents, prompt conditionings[, anchor conditionings]).
 
-Losses (per sample, at one random timestep with one noise draw per sample):
-  * epsilon_loss:  ‖ε_θ(x_t, c) − ε‖²                                   (Fisher, remain steps, ascent)
+Losses (per sample, at one random timestep with one noise draw per sample; ε_θ is the UNet's output,
+ε or v as the scheduler's prediction_type says):
+  * epsilon_loss:  ‖ε_θ(x_t, c) − target‖², target ε or v               (Fisher, remain steps, ascent)
   * mapping_loss:  ‖ε_θ(x_t, c_f) − sg(ε_θ(x_t, c_a))‖²                 (SFR-on's concept mapping)
   * esd_loss:      ‖ε_θ(x_t, c_f) − [ε*(x_t, ∅) − η(ε*(x_t, c_f) − ε*(x_t, ∅))]‖²   (ESD, ε* frozen)
+Mapping and ESD compare two outputs of the same kind, so they hold for either prediction type: v is an
+affine function of ε at fixed x_t and t (v = (ε − √(1−ᾱ_t) x_t)/√ᾱ_t), which carries the target over,
+and the squared error in v is the one in ε times 1/ᾱ_t, the weighting of v-prediction training itself.
 """
 
 from __future__ import annotations
@@ -20,7 +26,13 @@ import shutil
 from pathlib import Path
 
 import torch
-from diffusers import DiffusionPipeline, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import (
+    DDPMScheduler,
+    DiffusionPipeline,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
@@ -28,6 +40,7 @@ from tqdm.auto import tqdm
 from erase.core.io import atomic_directory, atomic_file
 from erase.data.prompts import PromptRow
 from erase.errors import UserError
+from erase.families import sdxl
 from erase.families.diffusion import guided_away, noised, per_sample_mse
 
 DEFAULT_MODEL = "CompVis/stable-diffusion-v1-4"
@@ -36,6 +49,11 @@ UNET_WEIGHTS = "diffusion_pytorch_model.safetensors"
 STANDARD_WEIGHTS = re.compile(r"^(model|diffusion_pytorch_model)(-\d+-of-\d+)?\.safetensors(\.index\.json)?$")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth", ".msgpack", ".h5", ".onnx", ".pb")
 REQUIRED_COMPONENTS = {"unet": "UNet2DConditionModel", "vae": "AutoencoderKL", "text_encoder": None, "tokenizer": None}
+# The pipelines `erase sd` takes (model_index.json's _class_name), with the components each needs.
+PIPELINES = {
+    "StableDiffusionPipeline": REQUIRED_COMPONENTS,
+    "StableDiffusionXLPipeline": REQUIRED_COMPONENTS | {"text_encoder_2": None, "tokenizer_2": None},
+}
 TRAIN_SELECTIONS = ("full", "xattn", "noxattn")
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -73,7 +91,7 @@ def resolve_model(model: str) -> Path:
 
 
 def check_sd_folder(folder: Path) -> dict:
-    """The folder's model_index.json, after checking it describes an SD-1.x-style pipeline."""
+    """The folder's model_index.json, after checking it describes a pipeline of PIPELINES with its components."""
     index_path = folder / "model_index.json"
     if not index_path.is_file():
         raise UserError(f"{folder} is not a diffusers pipeline folder (no model_index.json)")
@@ -81,29 +99,41 @@ def check_sd_folder(folder: Path) -> dict:
         index = json.loads(index_path.read_text())
     except json.JSONDecodeError:
         raise UserError(f"{index_path} is not valid JSON") from None
-    for name, cls in REQUIRED_COMPONENTS.items():
+    found = index.get("_class_name") if isinstance(index, dict) else None
+    if isinstance(found, list):  # a custom pipeline: [module, class]
+        found = found[-1]
+    if found not in PIPELINES:
+        raise UserError(f"{folder} is not a Stable Diffusion pipeline: its model_index.json names {found or 'no pipeline class'} "
+                        "(supported: StableDiffusionPipeline for SD 1.x/2.x, StableDiffusionXLPipeline for SDXL)")
+    for name, cls in PIPELINES[found].items():
         entry = index.get(name)
         if not isinstance(entry, list) or len(entry) != 2 or entry[1] is None:
             raise UserError(f"{folder} is not a Stable Diffusion pipeline (no {name} component)")
         if cls is not None and entry[1] != cls:
-            raise UserError(f"{folder} is not a Stable Diffusion 1.x pipeline ({name} is {entry[1]}, expected {cls})")
+            raise UserError(f"{folder} is not a Stable Diffusion pipeline ({name} is {entry[1]}, expected {cls})")
     return index
 
 
 def load_pipeline(model: str, device="cpu", dtype: torch.dtype = torch.float32):
-    """(StableDiffusionPipeline without safety checker, its local folder). Clear errors for bad input."""
+    """(StableDiffusionPipeline or StableDiffusionXLPipeline, its local folder). Clear errors for bad input.
+
+    The safety checker (SD) and the invisible watermark (SDXL) are off: images depend on the model alone."""
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
     folder = resolve_model(str(model))
+    xl = check_sd_folder(folder)["_class_name"] == "StableDiffusionXLPipeline"
     diffusers_logging.disable_progress_bar()  # the components' loading bars: stderr is kept for what matters
     transformers_logging.disable_progress_bar()
     try:
         # torch_dtype only when asked: diffusers 0.42 warns about the name, older releases need it.
         extra = {"torch_dtype": dtype} if dtype != torch.float32 else {}
-        pipeline = StableDiffusionPipeline.from_pretrained(
-            folder, safety_checker=None, requires_safety_checker=False, **extra
-        )
+        if xl:
+            pipeline = StableDiffusionXLPipeline.from_pretrained(folder, add_watermarker=False, **extra)
+        else:
+            pipeline = StableDiffusionPipeline.from_pretrained(
+                folder, safety_checker=None, requires_safety_checker=False, **extra
+            )
     except (OSError, ValueError, TypeError, AttributeError, SafetensorError) as error:  # missing or damaged
         raise UserError(f"cannot load {model} as a Stable Diffusion pipeline: {str(error).splitlines()[0][:200]}") from None
     pipeline.set_progress_bar_config(disable=True)
@@ -111,7 +141,7 @@ def load_pipeline(model: str, device="cpu", dtype: torch.dtype = torch.float32):
 
 
 def default_size(pipeline) -> int:
-    """Image side the UNet was trained for (512 for SD v1.4)."""
+    """Image side the UNet was trained for (512 for SD v1.4 and 2 base, 768 for 2.1, 1024 for SDXL)."""
     return pipeline.unet.config.sample_size * pipeline.vae_scale_factor
 
 
@@ -142,13 +172,26 @@ def select_trainable(unet: UNet2DConditionModel, which: str) -> int:
 
 
 @torch.no_grad()
-def encode_prompts(pipeline, prompts: list[str], batch_size: int = 32) -> torch.Tensor:
-    """Text-encoder hidden states for each prompt (N×77×D), on the CPU."""
+def encode_prompts(pipeline, prompts: list[str], size: tuple[int, int] | None = None, batch_size: int = 32) -> torch.Tensor:
+    """Each prompt's UNet conditioning, on the CPU: the text-encoder hidden states (N×77×D); for SDXL
+    with its pooled embedding and the time ids of images of `size` (height, width; default the model's)."""
+    size = size or (default_size(pipeline),) * 2
     out = []
     for i in range(0, len(prompts), batch_size):
-        embeds, _ = pipeline.encode_prompt(prompts[i : i + batch_size], pipeline.device, 1, False)
+        if isinstance(pipeline, StableDiffusionXLPipeline):
+            embeds = sdxl.encode(pipeline, prompts[i : i + batch_size], size)
+        else:
+            embeds, _ = pipeline.encode_prompt(prompts[i : i + batch_size], pipeline.device, 1, False)
         out.append(embeds.float().cpu())
     return torch.cat(out)
+
+
+def null_conditioning(pipeline, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """The conditioning classifier-free guidance uses as unconditional (ESD's ∅), one row: the empty
+    prompt's, or for SDXL what its pipeline makes of no negative prompt (zeros, for SDXL base)."""
+    if isinstance(pipeline, StableDiffusionXLPipeline):
+        return sdxl.null(pipeline, size or (default_size(pipeline),) * 2)[0].cpu()
+    return encode_prompts(pipeline, [""])[0]
 
 
 @torch.no_grad()
@@ -174,17 +217,42 @@ def load_images(paths: list[Path], size: tuple[int, int] | None = None) -> torch
 # --------------------------------------------------------------------------- losses
 
 
+def training_scheduler(scheduler) -> DDPMScheduler:
+    """The forward process the UNet was trained on, from the pipeline's scheduler config (betas,
+    prediction type): x_t = √ᾱ_t x₀ + √(1−ᾱ_t) ε at any training timestep. Samplers such as SDXL's
+    Euler add noise in their own σ scale and only at their inference timesteps; diffusers' training
+    scripts use a DDPMScheduler the same way. (For DDIM and PNDM it adds the same noise.)"""
+    return DDPMScheduler.from_config(scheduler.config)
+
+
+def prediction_target(scheduler, latents, noise, timesteps) -> torch.Tensor:
+    """What the UNet should output at x_t: ε, or v = √ᾱ_t ε − √(1−ᾱ_t) x₀ for a v-prediction model (SD 2.x 768)."""
+    kind = scheduler.config.get("prediction_type", "epsilon")
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return scheduler.get_velocity(latents, noise, timesteps)
+    raise UserError(f"the scheduler's prediction_type is {kind!r}; erase sd supports epsilon and v_prediction")
+
+
+def predict(model, noisy, timesteps, conditioning) -> torch.Tensor:
+    """The UNet's output for packed prompt conditionings (encode_prompts), SD or SDXL."""
+    unet = getattr(model, "module", model)  # under several processes the model is wrapped
+    if sdxl.is_xl(unet):
+        return model(noisy, timesteps, **sdxl.unet_inputs(unet, conditioning)).sample
+    return model(noisy, timesteps, encoder_hidden_states=conditioning).sample
+
+
 def epsilon_loss(scheduler):
-    """Per-sample denoising loss on (latents, embeddings, ...): the SD training objective."""
+    """Per-sample denoising loss on (latents, conditionings, ...): the SD training objective, with the
+    target of the scheduler's prediction type (ε or v)."""
+    scheduler = training_scheduler(scheduler)
 
     def loss_fn(model, batch):
         latents, embeddings = batch[0], batch[1]
         noisy, noise, timesteps = noised(scheduler, latents)
-        target = noise
-        if scheduler.config.get("prediction_type", "epsilon") == "v_prediction":
-            target = scheduler.get_velocity(latents, noise, timesteps)
-        prediction = model(noisy, timesteps, encoder_hidden_states=embeddings).sample
-        return per_sample_mse(prediction, target)
+        target = prediction_target(scheduler, latents, noise, timesteps)
+        return per_sample_mse(predict(model, noisy, timesteps, embeddings), target)
 
     return loss_fn
 
@@ -195,14 +263,14 @@ def mapping_loss(scheduler):
     Minimised: the model learns to answer the forget prompt as it answers the anchor prompt,
     on the forget images, with the same noise and timestep for both predictions.
     """
+    scheduler = training_scheduler(scheduler)
 
     def loss_fn(model, batch):
         latents, forget_embeddings, anchor_embeddings = batch
         noisy, _, timesteps = noised(scheduler, latents)
         with torch.no_grad():
-            target = model(noisy, timesteps, encoder_hidden_states=anchor_embeddings).sample
-        prediction = model(noisy, timesteps, encoder_hidden_states=forget_embeddings).sample
-        return per_sample_mse(prediction, target)
+            target = predict(model, noisy, timesteps, anchor_embeddings)
+        return per_sample_mse(predict(model, noisy, timesteps, forget_embeddings), target)
 
     return loss_fn
 
@@ -213,17 +281,17 @@ def esd_loss(scheduler, teacher: UNet2DConditionModel, null_embedding: torch.Ten
     x_t are the forget images' latents noised at a random timestep (ESD proper samples x_t with
     the model from the concept prompt; the cached forget images are such samples).
     """
+    scheduler = training_scheduler(scheduler)
 
     def loss_fn(model, batch):
         latents, forget_embeddings = batch[0], batch[1]
         noisy, _, timesteps = noised(scheduler, latents)
         null = null_embedding.to(forget_embeddings.device, forget_embeddings.dtype).expand_as(forget_embeddings)
         with torch.no_grad():
-            eps_null = teacher(noisy, timesteps, encoder_hidden_states=null).sample
-            eps_concept = teacher(noisy, timesteps, encoder_hidden_states=forget_embeddings).sample
+            eps_null = predict(teacher, noisy, timesteps, null)
+            eps_concept = predict(teacher, noisy, timesteps, forget_embeddings)
             target = guided_away(eps_null, eps_concept, negative_guidance)
-        prediction = model(noisy, timesteps, encoder_hidden_states=forget_embeddings).sample
-        return per_sample_mse(prediction, target)
+        return per_sample_mse(predict(model, noisy, timesteps, forget_embeddings), target)
 
     return loss_fn
 

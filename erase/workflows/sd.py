@@ -1,4 +1,4 @@
-"""Erase a concept from a Stable Diffusion 1.x UNet, measure before and after, export folder + patch.
+"""Erase a concept from a Stable Diffusion (1.x, 2.x, XL) UNet, measure before and after, export folder + patch.
 
 Steps: the model generates its own forget images (forget prompts) and remain images (remain
 prompts), cached in the run folder; they are encoded to latents and the prompts to embeddings
@@ -123,7 +123,8 @@ def erase_pipeline(pipeline, settings: Settings, patch_dtype: torch.dtype | None
         forget_latents = sd.encode_images(pipeline, sd.load_images(forget_paths, size), seed=settings.seed)
         remain_latents = sd.encode_images(pipeline, sd.load_images(remain_paths, size), seed=settings.seed + 1)
         prompt_set = sorted({r.prompt for r in settings.forget_rows + remain_rows} | set(settings.anchors) | {""})
-        table = dict(zip(prompt_set, sd.encode_prompts(pipeline, prompt_set)))
+        table = dict(zip(prompt_set, sd.encode_prompts(pipeline, prompt_set, size)))
+        null = sd.null_conditioning(pipeline, size)  # ESD's ∅: the unconditional side of guidance
     forget_emb = torch.stack([table[r.prompt] for r in settings.forget_rows])
     anchor_emb = torch.stack([table[settings.anchors[i % len(settings.anchors)]] for i in range(len(settings.forget_rows))])
     remain_emb = torch.stack([table[r.prompt] for r in remain_rows])
@@ -147,7 +148,7 @@ def erase_pipeline(pipeline, settings: Settings, patch_dtype: torch.dtype | None
     with timer("fisher"):
         mask = build_mask(settings, unet, eps_loss, forget_batches, remain_batches, accelerator, out_dir, show_progress)
     stats = mask_stats(mask) if mask is not None else None
-    objective = concept_objective(settings, unet, pipeline.scheduler, eps_loss, table[""])
+    objective = concept_objective(settings, unet, pipeline.scheduler, eps_loss, null)
     hooks = confine_to_mask(unet, mask) if settings.confine_to_mask else []
     if settings.gradient_checkpointing:  # less activation memory for larger batches; same result
         unet.enable_gradient_checkpointing()
@@ -200,7 +201,7 @@ def erase_pipeline(pipeline, settings: Settings, patch_dtype: torch.dtype | None
 
 @dataclass
 class Model:
-    path: str = key(sd.DEFAULT_MODEL)  # any SD-1.x diffusers folder or hub id
+    path: str = key(sd.DEFAULT_MODEL)  # an SD 1.x/2.x or SDXL diffusers folder or hub id
 
 
 @dataclass
@@ -469,12 +470,13 @@ class Probe:
     """Fixed latents, noise and timesteps: losses comparable before and after erasure.
 
     forget_gap = ‖ε(x_t, c_f) − ε(x_t, c_a)‖² on forget images (how far the concept is from its
-    anchor); remain_mse = ‖ε(x_t, c_r) − ε‖² on remain images (how well the rest is kept).
+    anchor); remain_mse = ‖ε(x_t, c_r) − ε‖² on remain images (how well the rest is kept; v for a
+    v-prediction model).
     """
 
     def __init__(self, forget_set, remain_set, scheduler, seed: int, count: int = 8):
         generator = torch.Generator().manual_seed(seed + 7)
-        self.scheduler = scheduler
+        self.scheduler = sd.training_scheduler(scheduler)
         self.forget = [t[:count] for t in forget_set.tensors]
         self.remain = [t[:count] for t in remain_set.tensors]
         n_f, n_r = len(self.forget[0]), len(self.remain[0])
@@ -491,14 +493,15 @@ class Probe:
         noisy = self.scheduler.add_noise(latents, self.forget_noise.to(device), self.forget_t.to(device))
         t = self.forget_t.to(device)
         with accelerator.autocast():
-            eps_f = unet(noisy, t, encoder_hidden_states=forget_emb).sample.float()
-            eps_a = unet(noisy, t, encoder_hidden_states=anchor_emb).sample.float()
+            eps_f = sd.predict(unet, noisy, t, forget_emb).float()
+            eps_a = sd.predict(unet, noisy, t, anchor_emb).float()
         latents, remain_emb = (x.to(device) for x in self.remain)
-        noise = self.remain_noise.to(device)
-        noisy = self.scheduler.add_noise(latents, noise, self.remain_t.to(device))
+        noise, t = self.remain_noise.to(device), self.remain_t.to(device)
+        noisy = self.scheduler.add_noise(latents, noise, t)
+        target = sd.prediction_target(self.scheduler, latents, noise, t)
         with accelerator.autocast():
-            eps_r = unet(noisy, self.remain_t.to(device), encoder_hidden_states=remain_emb).sample.float()
-        return {"forget_gap": float(((eps_f - eps_a) ** 2).mean()), "remain_mse": float(((eps_r - noise) ** 2).mean())}
+            eps_r = sd.predict(unet, noisy, t, remain_emb).float()
+        return {"forget_gap": float(((eps_f - eps_a) ** 2).mean()), "remain_mse": float(((eps_r - target) ** 2).mean())}
 
 
 def evaluate(pipeline, settings: Settings, probe: Probe, accelerator, name: str, show_progress: bool,
