@@ -39,11 +39,12 @@ class ErasureResult:
         return write_patch(self.patch, self.patch_metadata, path)
 
 
-def base_recipe(pipe, bundled: dict, recipe=None) -> dict:
+def base_recipe(pipe, bundled: dict, recipe=None, default=None) -> dict:
     """The recipe a call starts from: `recipe` (a dict or a TOML file), else the pipeline's own when it is a
-    bundled model (`bundled`: folder -> recipe), else none (the defaults); its model is the pipeline."""
+    bundled model (`bundled`: folder -> recipe), else `default` (none: the settings' defaults); its model is
+    the pipeline."""
     if recipe is None:
-        recipe = next((path for folder, path in bundled.items() if same_path(pipeline_name(pipe), folder)), {})
+        recipe = next((path for folder, path in bundled.items() if same_path(pipeline_name(pipe), folder)), default or {})
     table = load_recipe(resolve_path(recipe)) if isinstance(recipe, (str, Path)) else copy.deepcopy(recipe)
     for section in GIVEN:
         table.pop(section, None)
@@ -94,17 +95,19 @@ def copy_pipeline(pipe, trained: str):
     return copy.deepcopy(pipe, memo)
 
 
-def erase_class_pipeline(workflow, trained: str, pipe, bundled: dict, recipe, given: dict, options: dict,
+def erase_class_pipeline(workflow, trained: str, pipe, recipes: tuple[dict, str], recipe, given: dict, options: dict,
                          inplace: bool, out_dir, show_progress: bool) -> ErasureResult:
     """What erase.ddpm.forget_class and erase.dit.forget_class share: the call's recipe, checked before any
-    work; the pipeline or its copy; the work folder; the workflow's erase_pipeline; the patch of `trained`."""
+    work; the pipeline or its copy; the work folder; the workflow's erase_pipeline; the patch of `trained`.
+    `recipes`: (the bundled models' own recipes, the command's recipe for any other model)."""
     import torch
 
     from erase.patch import patch_of
     from erase.recipes import apply_options, read_settings
 
     forget = {"forget.class": given.pop("forget.class")}  # None is refused by the recipe check, not dropped
-    table = apply_options(workflow.Settings, base_recipe(pipe, bundled, recipe),
+    bundled, default = recipes
+    table = apply_options(workflow.Settings, base_recipe(pipe, bundled, recipe, default),
                           {k: v for k, v in given.items() if v is not None} | forget | options, given=GIVEN)
     settings = read_settings(workflow.Settings, table)
     target = pipe if inplace else copy_pipeline(pipe, trained)

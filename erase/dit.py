@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from erase.api import ErasureResult, erase_class_pipeline
 
+RECIPE = "pipelines/dit-xl-2-imagenet-class.toml"  # `erase dit`'s: the official DiT-XL/2 settings
+
 
 def forget_class(pipe, class_id_or_name: int | str, method: str | None = None, steps: int | None = None, *,
                  recipe=None, inplace: bool = True, out_dir=None, show_progress: bool = False,
@@ -21,11 +23,11 @@ def forget_class(pipe, class_id_or_name: int | str, method: str | None = None, s
 
     pipe: a DiTPipeline on any device; erased in place, or a copy is (inplace=False).
     method: sfron (default), ga, rl, salun, ft or esd; steps: loop steps (sfron.steps).
-    recipe, out_dir, options: as erase.sd.erase_concept (the defaults: those of `erase dit`: the model
-        generates its own forget and remain images), e.g. lr=1e-5, eval={"classifier": "resnet50.safetensors"}.
+    recipe, out_dir, options: as erase.sd.erase_concept; the recipe is by default `erase dit`'s (RECIPE: the
+        model generates its own forget and remain images), e.g. eval={"classifier": "resnet50-imagenet.pth"}.
     """
     from erase.workflows import dit_class
 
     given = {"forget.class": class_id_or_name, "method.name": method, "sfron.steps": steps}
-    return erase_class_pipeline(dit_class, "transformer", pipe, {}, recipe, given, options, inplace, out_dir,
+    return erase_class_pipeline(dit_class, "transformer", pipe, ({}, RECIPE), recipe, given, options, inplace, out_dir,
                                 show_progress)

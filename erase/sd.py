@@ -29,7 +29,7 @@ def erase_concept(pipe, forget=None, anchor=None, remain=None, method: str | Non
     method: sfron (default), ga, rl, salun or esd; steps: loop steps (sfron.steps); num_images: forget
         images, and as many remain images, the model generates (data.num_images).
     recipe: the recipe the call starts from, a dict or a TOML file; by default the pipeline's own when it
-        is a bundled model (assets/digits-sd), else the defaults of `erase sd` (erase.workflows.sd.Recipe).
+        is a bundled model (assets/digits-sd), else the paper's SD settings (erase.workflows.sd.Recipe).
     options: any other recipe key, by its name where one section alone has it (lr=3e-4, gamma=2.0), as a
         section (data={"seed": 1}) or dotted (**{"eval.samples": 0}); checked as a recipe is.
     out_dir: keeps the generated sets, samples, Fisher diagonals and mask (default: a temporary folder).

@@ -89,7 +89,9 @@ class ClassConditionalDDPMPipeline(DiffusionPipeline):
         )
         scheduler_cls = getattr(diffusers, scheduler_config.get("_class_name", "DDPMScheduler"))
         scheduler = scheduler_cls.from_config(scheduler_config)
-        return cls(unet=unet, scheduler=scheduler)
+        pipeline = cls(unet=unet, scheduler=scheduler)
+        pipeline.register_to_config(_name_or_path=str(pretrained_model_name_or_path))  # as diffusers records it
+        return pipeline
 
     def save_pretrained(self, save_directory, **kwargs):
         """A normal diffusers folder, plus this file so plain diffusers finds the class."""
@@ -99,6 +101,7 @@ class ClassConditionalDDPMPipeline(DiffusionPipeline):
         with open(index_path) as f:
             index = json.load(f)
         index["_class_name"] = [PIPELINE_MODULE, type(self).__name__]
+        index.pop("_name_or_path", None)  # where it was loaded from: not part of the model
         with open(index_path, "w") as f:
             json.dump(index, f, indent=2, sort_keys=True)
             f.write("\n")

@@ -9,8 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from erase.commands.class_erase import add_model_arguments, add_run_arguments
-
-RECIPE = "pipelines/ddpm-cifar10-class.toml"
+from erase.ddpm import RECIPE  # the recipe erase.ddpm.forget_class starts from too
 
 
 def register(subparsers) -> None:

@@ -7,8 +7,7 @@ from an ImageNet-layout folder when --data is given, the model's own images when
 from __future__ import annotations
 
 from erase.commands.class_erase import add_model_arguments, add_run_arguments
-
-RECIPE = "pipelines/dit-xl-2-imagenet-class.toml"
+from erase.dit import RECIPE  # the recipe erase.dit.forget_class starts from too
 
 
 def register(subparsers) -> None:
