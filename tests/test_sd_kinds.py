@@ -178,3 +178,10 @@ def test_recipes_are_valid_and_keep_the_v1_4_settings(name, model, size):
     for key in ("forget_rows", "remain_rows", "anchors", "num_images", "batch_size", "method", "forget_loss", "train"):
         assert getattr(settings, key) == getattr(v14, key), key
     assert settings.config.lr == v14.config.lr and settings.config.steps == v14.config.steps
+
+
+def test_attack_refuses_sdxl_with_one_line(tiny_sdxl, tmp_path, capsys):  # noqa: F811
+    code, _, err = run_cli(["attack", "--model", tiny_sdxl, "--original", tiny_sdxl, "--prompts",
+                            REPO_ROOT / "prompts" / "i2p-sample.csv", "--judge", "nudenet", "--out", tmp_path / "out"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "SDXL" in err, err
+    assert not (tmp_path / "out").exists()

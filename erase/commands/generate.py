@@ -1,4 +1,4 @@
-"""`erase generate`: batch images from a prompt CSV with any SD-1.x diffusers folder or hub id.
+"""`erase generate`: batch images from a prompt CSV with any SD 1.x/2.x or SDXL diffusers folder or hub id.
 
 Deterministic (per-row seed), resumable (existing images are skipped), atomic (an image appears
 whole or not at all); `accelerate launch erase generate ...` splits the images across GPUs.
@@ -29,7 +29,7 @@ def register(subparsers) -> None:
     parser.add_argument("--steps", type=positive_int, default=50, help="denoising steps (default 50)")
     parser.add_argument("--guidance", type=positive_float, default=None,
                         help=f"guidance scale for every row (default: the row's evaluation_guidance, else {DEFAULT_GUIDANCE})")
-    parser.add_argument("--height", type=positive_int, default=None, help="image height (default: the model's, 512 for SD 1.x)")
+    parser.add_argument("--height", type=positive_int, default=None, help="image height (default: the model's, 512 for SD 1.x, 768 for SD 2.1, 1024 for SDXL)")
     parser.add_argument("--width", type=positive_int, default=None, help="image width (default: the model's)")
     add_mixed_precision(parser)
     parser.set_defaults(func=run_generate)

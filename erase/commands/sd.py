@@ -108,8 +108,8 @@ def default_recipe(model: str | None) -> str:
         if resolve_path(model).resolve() == resolve_path(bundled).resolve():
             return recipe
     local = resolve_path(model)
-    folder = sd.resolve_model(str(local) if local.exists() else model)
-    return SDXL_RECIPE if sd.check_sd_folder(folder)["_class_name"] == "StableDiffusionXLPipeline" else DEFAULT_RECIPE
+    kind = sd.pipeline_class(str(local) if local.exists() else model)
+    return SDXL_RECIPE if kind == "StableDiffusionXLPipeline" else DEFAULT_RECIPE
 
 
 def run_sd(args) -> int:

@@ -114,6 +114,11 @@ def check_sd_folder(folder: Path) -> dict:
     return index
 
 
+def pipeline_class(model: str) -> str:
+    """The pipeline class a supported model's model_index.json names (a bad model is a UserError)."""
+    return check_sd_folder(resolve_model(str(model)))["_class_name"]
+
+
 def load_pipeline(model: str, device="cpu", dtype: torch.dtype = torch.float32):
     """(StableDiffusionPipeline or StableDiffusionXLPipeline, its local folder). Clear errors for bad input.
 

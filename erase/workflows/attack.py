@@ -61,6 +61,9 @@ def run_attack(run: AttackRun, rows: list[PromptRow], judge, show_progress: bool
     started = time.perf_counter()
     state = PartialState()
     out = check_output_folder(run.out, "--out")
+    for model in filter(None, (run.model, run.original)):  # the attack edits one text encoder's token embeddings
+        if sd.pipeline_class(model) != "StableDiffusionPipeline":
+            raise UserError(f"erase attack takes SD 1.x/2.x models; {model} is an SDXL pipeline")
     erased, _ = sd.load_pipeline(run.model, device=state.device, dtype=sd.DTYPES[run.mixed_precision])
     height, width = run.height or sd.default_size(erased), run.width or sd.default_size(erased)
     targets = Path(run.targets) if run.targets else out / "targets"
