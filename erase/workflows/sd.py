@@ -145,13 +145,13 @@ def erase_pipeline(pipeline, settings: Settings, patch_dtype: torch.dtype | None
     erase_started = time.perf_counter()
     trainable = sd.select_trainable(unet, settings.train)
     eps_loss = sd.epsilon_loss(pipeline.scheduler)
+    if settings.gradient_checkpointing:  # less activation memory in the Fisher pass and the loop; same result
+        unet.enable_gradient_checkpointing()
     with timer("fisher"):
         mask = build_mask(settings, unet, eps_loss, forget_batches, remain_batches, accelerator, out_dir, show_progress)
     stats = mask_stats(mask) if mask is not None else None
     objective = concept_objective(settings, unet, pipeline.scheduler, eps_loss, null)
     hooks = confine_to_mask(unet, mask) if settings.confine_to_mask else []
-    if settings.gradient_checkpointing:  # less activation memory for larger batches; same result
-        unet.enable_gradient_checkpointing()
     with timer("loop"):
         history = unlearn(
             unet, objective, eps_loss if settings.remain_steps else None, forget_batches,
