@@ -73,11 +73,15 @@ def work_folder(out_dir):
 @contextmanager
 def paused(pipe):
     """Within the block the pipeline draws its training and evaluation images as `erase` loads pipelines:
-    no safety checker (it blacks out images of the very concept being erased) and no progress bars."""
+    no safety checker (it blacks out images of the very concept being erased), no invisible watermark
+    (SDXL), no progress bars."""
     checker, entry = getattr(pipe, "safety_checker", None), pipe.config.get("safety_checker")
+    watermark = getattr(pipe, "watermark", None)
     bars = dict(getattr(pipe, "_progress_bar_config", {}))
     if checker is not None:
         pipe.safety_checker = None
+    if watermark is not None:
+        pipe.watermark = None
     pipe.set_progress_bar_config(disable=True)
     try:
         yield pipe
@@ -85,6 +89,8 @@ def paused(pipe):
         if checker is not None:
             pipe.safety_checker = checker
             pipe.register_to_config(safety_checker=entry)  # what save_pretrained writes
+        if watermark is not None:
+            pipe.watermark = watermark
         pipe._progress_bar_config = bars
 
 

@@ -46,8 +46,8 @@ def test_readme_example_erases_saves_and_plain_diffusers_reloads(tmp_path):
     assert any(not torch.equal(patched[k], v) for k, v in read_unet_state(SD_MODEL).items())
 
 
-def test_a_copy_is_erased_when_asked_and_the_work_folder_is_kept(tmp_path):
-    pipe = StableDiffusionPipeline.from_pretrained(SD_MODEL)
+def test_a_copy_of_a_half_precision_pipeline_is_erased_when_asked_and_the_work_folder_is_kept(tmp_path):
+    pipe = StableDiffusionPipeline.from_pretrained(SD_MODEL, dtype=torch.bfloat16)  # trained in float32, kept bf16
     original = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
     result = erase.sd.erase_concept(pipe, "the digit 3", "the digit 1", "the digit 5", steps=1, num_images=2,
                                     inplace=False, out_dir=tmp_path / "work", lr=1e-3, batches=1,
@@ -57,6 +57,7 @@ def test_a_copy_is_erased_when_asked_and_the_work_folder_is_kept(tmp_path):
     assert any(not torch.equal(v, original[k]) for k, v in result.pipeline.unet.state_dict().items())
     assert result.out_dir == tmp_path / "work" and (tmp_path / "work" / "mask.safetensors").is_file()
     assert result.history[0]["lr"] == 1e-3 and set(result.metrics["before"]) == {"forget_gap", "remain_mse"}
+    assert result.pipeline.unet.dtype == torch.bfloat16 and result.patch_metadata["changed"] != "0"
 
 
 def test_options_reach_every_key_and_mistakes_are_the_recipes_user_errors(tmp_path):

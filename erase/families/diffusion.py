@@ -30,3 +30,13 @@ def per_sample_mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tens
 def guided_away(eps_null: torch.Tensor, eps_class: torch.Tensor, negative_guidance: float) -> torch.Tensor:
     """ESD's target ε(∅) − η(ε(c) − ε(∅)): classifier-free guidance pointed away from the class."""
     return eps_null - negative_guidance * (eps_class - eps_null)
+
+
+def cast(model: torch.nn.Module, dtype: torch.dtype) -> torch.dtype:
+    """Put the model's weights in `dtype`, in place; returns the dtype they had. A half-precision pipeline's
+    model is trained in float32 (what the optimizer can update) and given back in its own dtype. Torch's
+    own `to`: diffusers' would warn about float32-kept modules these models do not have."""
+    before = next(model.parameters()).dtype
+    if before != dtype:
+        torch.nn.Module.to(model, dtype)
+    return before

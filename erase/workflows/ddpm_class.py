@@ -43,6 +43,7 @@ from erase.eval.report import format_table, save_grid, save_loss_plot
 from erase.eval.verdict import verdict
 from erase.families import ddpm
 from erase.families.classifier import load_classifier, predict
+from erase.families.diffusion import cast
 from erase.recipes import key, read_settings, resolve_path
 from erase.workflows.records import write_run_records
 from erase.workflows.settings import Method, Output
@@ -271,6 +272,7 @@ def erase_class(settings: Settings, pipeline, spec, config, forget_class: int, w
     loss_fn = ddpm.epsilon_loss(scheduler, settings.method.label_dropout, pipeline.null_class)
 
     unet.requires_grad_(True)
+    dtype = cast(unet, torch.float32)  # a half-precision UNet is trained in float32, given back in its dtype
     started = time.perf_counter()
     with timer("fisher"):
         mask = class_mask(spec, settings.fisher, unet, fisher_loss(settings.fisher, pipeline), forget_batches,
@@ -286,7 +288,7 @@ def erase_class(settings: Settings, pipeline, spec, config, forget_class: int, w
     with timer("loop"):
         history = unlearn(unet, objective, loss_fn, forget_batches, remain_batches, config, mask=mask,
                           accelerator=accelerator, on_step=on_step, show_progress=show_progress)
-    unet.requires_grad_(False)
+    cast(unet.requires_grad_(False), dtype)
     return mask, history, mask_seconds
 
 

@@ -29,6 +29,7 @@ from erase.errors import UserError
 from erase.eval.report import format_table, save_grid, save_loss_plot
 from erase.eval.verdict import verdict
 from erase.families import ddpm, dit
+from erase.families.diffusion import cast
 from erase.recipes import key, read_settings
 from erase.workflows.ddpm_class import ClassMethod, Eval, Fisher, class_mask, process_accelerator
 from erase.workflows.records import write_run_records
@@ -146,6 +147,7 @@ def erase_pipeline(pipeline, settings: Settings, out_dir: Path, timer: PhaseTime
 
     transformer.requires_grad_(True)
     dropout = dit.set_label_dropout(transformer, 0.0)  # always condition on the real class
+    dtype = cast(transformer, torch.float32)  # half precision: trained in float32, given back in its dtype
     try:
         key_data = {k: v for k, v in data.items() if k != "reuse_latents"}
         with timer("fisher"):
@@ -162,7 +164,7 @@ def erase_pipeline(pipeline, settings: Settings, out_dir: Path, timer: PhaseTime
                               accelerator=accelerator, show_progress=show_progress)
     finally:
         dit.restore_label_dropout(transformer, dropout)
-        transformer.requires_grad_(False)
+        cast(transformer.requires_grad_(False), dtype)
     transformer.eval()
     erase_seconds = time.perf_counter() - erase_started
 

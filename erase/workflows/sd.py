@@ -46,6 +46,7 @@ from erase.errors import UserError
 from erase.eval.report import format_table, save_grid, save_loss_plot
 from erase.eval.verdict import concept_verdict
 from erase.families import sd
+from erase.families.diffusion import cast
 from erase.patch import patch_of
 from erase.recipes import key, read_settings, resolve_path
 from erase.workflows.records import write_run_records
@@ -143,6 +144,7 @@ def erase_pipeline(pipeline, settings: Settings, patch_dtype: torch.dtype | None
         before = evaluate(pipeline, settings, probe, accelerator, "before", show_progress, judge)
 
     erase_started = time.perf_counter()
+    dtype = cast(unet, torch.float32)  # a half-precision UNet is trained in float32, given back in its dtype
     trainable = sd.select_trainable(unet, settings.train)
     eps_loss = sd.epsilon_loss(pipeline.scheduler)
     if settings.gradient_checkpointing:  # less activation memory in the Fisher pass and the loop; same result
@@ -162,7 +164,7 @@ def erase_pipeline(pipeline, settings: Settings, patch_dtype: torch.dtype | None
         hook.remove()
     if settings.gradient_checkpointing:
         unet.disable_gradient_checkpointing()
-    unet.requires_grad_(False).eval()
+    cast(unet.requires_grad_(False).eval(), dtype)
     erase_seconds = time.perf_counter() - erase_started
 
     with timer("evaluate"):
@@ -489,18 +491,20 @@ class Probe:
     @torch.no_grad()
     def measure(self, unet, accelerator) -> dict:
         device = accelerator.device
+
+        def predict(noisy, t, conditioning):  # in the UNet's dtype (a half-precision pipeline's), read as float
+            with accelerator.autocast():
+                return sd.predict(unet, noisy.to(unet.dtype), t, conditioning.to(unet.dtype)).float()
+
         latents, forget_emb, anchor_emb = (t.to(device) for t in self.forget)
         noisy = self.scheduler.add_noise(latents, self.forget_noise.to(device), self.forget_t.to(device))
         t = self.forget_t.to(device)
-        with accelerator.autocast():
-            eps_f = sd.predict(unet, noisy, t, forget_emb).float()
-            eps_a = sd.predict(unet, noisy, t, anchor_emb).float()
+        eps_f, eps_a = predict(noisy, t, forget_emb), predict(noisy, t, anchor_emb)
         latents, remain_emb = (x.to(device) for x in self.remain)
         noise, t = self.remain_noise.to(device), self.remain_t.to(device)
         noisy = self.scheduler.add_noise(latents, noise, t)
         target = sd.prediction_target(self.scheduler, latents, noise, t)
-        with accelerator.autocast():
-            eps_r = sd.predict(unet, noisy, t, remain_emb).float()
+        eps_r = predict(noisy, t, remain_emb)
         return {"forget_gap": float(((eps_f - eps_a) ** 2).mean()), "remain_mse": float(((eps_r - target) ** 2).mean())}
 
 
