@@ -192,7 +192,7 @@ def first_forgotten(result: dict, original_accuracy: float, original_fid: float 
 
 def reading(results: list[dict], before: dict) -> str:
     """The comparison the bar asks for: SFR-on's steps against the best baseline's, worked out from the table."""
-    steps = {r["method"]: (first_forgotten(r, before["remaining_accuracy"], before["fid"]) or {}).get("step")
+    steps = {r["method"]: (first_forgotten(r, before["remaining_accuracy"], before.get("fid")) or {}).get("step")
              for r in results}
     ours = steps.get("sfron")
     baselines = {m: n for m, n in steps.items() if m != "sfron" and n is not None}
@@ -233,7 +233,7 @@ def markdown(results: list[dict], before: dict, args, command: str, minutes: flo
         "|---|---|---|---|---|---|",
     ]
     for r in results:
-        hit = first_forgotten(r, before["remaining_accuracy"], before["fid"])
+        hit = first_forgotten(r, before["remaining_accuracy"], before.get("fid"))
         end = r["curve"][-1]
         mask = f"; mask keeps {r['mask_fraction']:.1%}" if r["mask_fraction"] is not None else ""
         if hit:
