@@ -11,8 +11,9 @@ the same anchor mapping (the concept's captions -> the same captions naming 1). 
 
   quick check  1 image per forget caption (16 per digit) and per held-out paraphrase (12 per digit),
                scored by the digit classifier; when FA and paraphrase FA meet the bar, 1 image for each of
-               4 captions of every other digit (36) too: a screen that passes when at most one of them is
-               lost against the original model (QUICK_REMAIN_SLACK);
+               4 captions of every other digit (36: passes when at most one is lost against the original
+               model), and when that passes 1 image per remain caption (144: the bar against the
+               original's figures on the same images);
   full check   when the quick check meets the bar: the demo's evaluation (4 images per forget caption
                and paraphrase, 2 per remain caption, FID of the other digits). The run has erased at
                the first step where the full check meets the bar (erase.eval.verdict.concept_erased).
@@ -51,8 +52,8 @@ from erase.workflows.sd_digits import DigitJudge  # noqa: E402
 
 RECIPE = REPO / "pipelines" / "digits-sd-concept.toml"
 FIGURES = ("fa", "fa_paraphrase", "remaining_accuracy", "fid")
-QUICK_REMAIN_CAPTIONS = 4  # captions of each other digit in the quick check
-QUICK_REMAIN_SLACK = 0.03  # the quick screen lets one of its 36 remain images go (1/36 = 0.028)
+QUICK_REMAIN_CAPTIONS = 4  # captions of each other digit in the quick check's first remain screen
+QUICK_REMAIN_SLACK = 0.03  # that screen lets one of its 36 images go (1/36 = 0.028)
 
 # What each method changes in the demo recipe; everything else (data, anchor mapping, Adam lr 3e-4, batch 8,
 # clip 1, forget/remain weight 1) is the recipe's. SFR-on is the recipe: mapping loss under the Fisher mask
@@ -94,21 +95,22 @@ def images_of(pipeline, settings: Settings, judge: DigitJudge, which: str, folde
     return read_images_uint8(paths)
 
 
-def quick_check(pipeline, settings, judge, folder, before: dict | None = None) -> dict:
-    """FA and paraphrase FA on 1 image per prompt; remaining accuracy too when they meet the bar (or no `before`)."""
+def quick_check(pipeline, settings, judges: tuple, folder, before: dict | None = None) -> dict:
+    """FA and paraphrase FA on 1 image per prompt, then the two remain screens while they pass (all of it
+    without `before`): remaining_accuracy_36 (4 captions per digit) and remaining_accuracy (every caption)."""
+    few, every, _ = judges
     point = {}
     for which in ("forget", "paraphrase"):
-        point |= judge.score(which, images_of(pipeline, settings, judge, which, folder))
-    # the bar's FA limits, with the remaining digits taken as kept: are the remain images worth generating?
-    if before is None or concept_erased({**point, "remaining_accuracy": before["remaining_accuracy"]}, before):
-        point |= judge.score("remain", images_of(pipeline, settings, judge, "remain", folder))
+        point |= few.score(which, images_of(pipeline, settings, few, which, folder))
+    # the bar's FA limits, with the remaining digits taken as kept: are remain images worth generating?
+    if before is not None and not concept_erased({**point, "remaining_accuracy": before["remaining_accuracy"]}, before):
+        return point
+    point["remaining_accuracy_36"] = few.score("remain", images_of(pipeline, settings, few, "remain", folder))[
+        "remaining_accuracy"]
+    if before is not None and point["remaining_accuracy_36"] < before["remaining_accuracy_36"] - QUICK_REMAIN_SLACK:
+        return point
+    point |= every.score("remain", images_of(pipeline, settings, every, "remain", folder))
     return point
-
-
-def quick_passes(point: dict, before: dict) -> bool:
-    """The quick screen: the bar's FA limits, and at most one remain image lost."""
-    return "remaining_accuracy" in point and concept_erased(
-        {**point, "remaining_accuracy": point["remaining_accuracy"] + QUICK_REMAIN_SLACK - REMAINING_TOLERANCE}, before)
 
 
 def full_check(pipeline, settings, judge, folder, name: str) -> dict:
@@ -122,18 +124,19 @@ def full_check(pipeline, settings, judge, folder, name: str) -> dict:
     return {k: result[k] for k in FIGURES}
 
 
-def judges(settings: Settings) -> tuple[DigitJudge, DigitJudge]:
-    """(quick, full): 1 image per prompt (4 captions of each other digit), and the recipe's evaluation."""
+def judges(settings: Settings) -> tuple[DigitJudge, DigitJudge, DigitJudge]:
+    """1 image per prompt (4 captions of each other digit), 1 image per prompt, and the recipe's evaluation."""
     sets = settings.digit_sets
     others = 10 - len(sets["forget_digits"])
-    quick = DigitJudge({**sets, "remain": sets["remain"][: QUICK_REMAIN_CAPTIONS * others]}, 1, 1, settings.eval_seed)
-    full = DigitJudge(settings.digit_sets, settings.eval_samples, settings.eval_remain_samples, settings.eval_seed)
-    return quick, full
+    few = DigitJudge({**sets, "remain": sets["remain"][: QUICK_REMAIN_CAPTIONS * others]}, 1, 1, settings.eval_seed)
+    every = DigitJudge(sets, 1, 1, settings.eval_seed)
+    full = DigitJudge(sets, settings.eval_samples, settings.eval_remain_samples, settings.eval_seed)
+    return few, every, full
 
 
-def prepare(concept: list[int], pipeline, work: Path) -> dict:
+def prepare(concept: list[int], pipeline, work: Path, overrides: list[str]) -> dict:
     """The concept's self-generated training images (shared by every method) and the original model's figures."""
-    settings = Settings(concept_recipe(concept, work, []))
+    settings = Settings(concept_recipe(concept, work, overrides))
     settings.resolve_size(pipeline)
     with sampler(pipeline, settings.sampler):  # as erase.workflows.sd.run generates them, into the same folders
         for which, rows in (("forget", settings.forget_rows), ("remain", settings.remain_rows)):
@@ -141,10 +144,10 @@ def prepare(concept: list[int], pipeline, work: Path) -> dict:
     path = settings.out_dir / "before.json"
     if path.is_file():
         return json.loads(path.read_text())
-    quick, full = judges(settings)
+    checks = judges(settings)
     folder = settings.out_dir / "before"
-    before = {"quick": quick_check(pipeline, settings, quick, folder),
-              "full": full_check(pipeline, settings, full, folder, "before")}
+    before = {"quick": quick_check(pipeline, settings, checks, folder),
+              "full": full_check(pipeline, settings, checks[2], folder, "before")}
     atomic_write_json(before, path)
     return before
 
@@ -152,11 +155,14 @@ def prepare(concept: list[int], pipeline, work: Path) -> dict:
 def run_one(concept: list[int], method: str, tag: str, overrides: list[str], pipeline, before: dict, args) -> dict:
     """One erasure with its checks inside the loop (see the module docstring)."""
     label, changes = METHODS[method]
-    sets = [*changes, f"sfron.steps={args.budget}", *overrides]
+    # fisher.reuse false: a cached Fisher would leave the global RNG where a fresh `erase demo` does not, and the
+    # loop's noise with it; so every run draws the noise a fresh run of its recipe draws.
+    sets = [*changes, f"sfron.steps={args.budget}", "fisher.reuse=false", *overrides]
     recipe = concept_recipe(concept, args.work, sets)
     settings = Settings(recipe)
     settings.resolve_size(pipeline)
-    quick, full = judges(settings)
+    checks = judges(settings)
+    full = checks[2]
     folder = settings.out_dir / "bench" / (method + tag)
     original_unet = pipeline.unet
     curve, at, state = [], {}, {"hit": None, "seconds": None, "eval": 0.0}
@@ -170,15 +176,16 @@ def run_one(concept: list[int], method: str, tag: str, overrides: list[str], pip
         pipeline.unet = unet
         with torch.random.fork_rng():  # evaluating leaves the loop's noise and timesteps as they were
             if state["hit"] is None:
-                point = {"step": step, **quick_check(pipeline, settings, quick, folder, before["quick"])}
+                point = {"step": step, **quick_check(pipeline, settings, checks, folder, before["quick"])}
                 curve.append(point)
-                if quick_passes(point, before["quick"]):
+                if "remaining_accuracy" in point and concept_erased(point, before["quick"]):
                     figures = full_check(pipeline, settings, full, folder, f"step{step}")
                     point["full"] = figures
                     if concept_erased(figures, before["full"]):
                         state["hit"], state["seconds"] = step, tick - started - state["eval"]
                         at["hit"] = {"step": step, **figures}
-                shown = " ".join(f"{k} {point[k]:.2f}" for k in ("fa", "fa_paraphrase", "remaining_accuracy") if k in point)
+                shown = " ".join(f"{k} {point[k]:.2f}" for k in ("fa", "fa_paraphrase", "remaining_accuracy_36",
+                                                                    "remaining_accuracy") if k in point)
                 full_text = " | full " + " ".join(f"{k} {v:.3f}" for k, v in point["full"].items()) if "full" in point else ""
                 print(f"  {name} {label}{tag} step {step:3d}: {shown}{full_text}", flush=True)
             if step == args.at:
@@ -205,7 +212,7 @@ def run_one(concept: list[int], method: str, tag: str, overrides: list[str], pip
 def settings_text(settings: Settings) -> str:
     """What a run used, for the table."""
     c = settings.config
-    parts = [f"{c.optimizer.capitalize()} lr {c.lr:g}", f"train {settings.train}"]
+    parts = [f"{c.optimizer.capitalize()} lr {c.lr:.0e}".replace("e-0", "e-"), f"train {settings.train}"]
     if settings.method == "esd":
         parts.append(f"η {settings.negative_guidance:g}, no remain steps")
     else:
@@ -246,23 +253,24 @@ def cell(figures: dict | None) -> str:
 def markdown(results: list[dict], command: str) -> str:
     minutes = sum(r["run_seconds"] for r in results) / 60
     lines = [
-        "| concept | method | settings | steps to erase | seconds | at that step: FA / para. FA / rem. acc. / FID "
+        "| concept | method | steps to erase | seconds | at that step: FA / para. FA / rem. acc. / FID "
         "| at step 50: FA / para. FA / rem. acc. / FID |",
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|",
     ]
-    seen = set()
+    seen, settings = set(), {}
     for r in results:
         name = "+".join(map(str, r["concept"]))
         if name not in seen:
             seen.add(name)
-            lines.append(f"| {name} | original | | | | {cell({'step': 0, **r['before']['full']})} | |")
+            lines.append(f"| {name} | original | | | {cell(r['before']['full'])} | |")
+        settings.setdefault(r["label"], r["settings"])
         steps = str(r["hit_step"]) if r["hit_step"] else "not within 100"
         seconds = f"{r['seconds']:.0f}" if r["seconds"] is not None else "—"
-        lines.append(f"| {name} | {r['label']} | {r['settings']} | {steps} | {seconds} | {cell(r['hit'])} | "
-                     f"{cell(r['step50'])} |")
+        lines.append(f"| {name} | {r['label']} | {steps} | {seconds} | {cell(r['hit'])} | {cell(r['step50'])} |")
     head = (f"Command: `{command}` — {minutes:.0f} min of runs on this machine ({platform.machine()}, 1 torch "
             "thread, 2 CPU cores shared with other jobs). Raw results: `bench/results/concept_steps.json`.")
-    return head + "\n\n" + "\n".join(lines)
+    listed = "\n".join(f"- {label}: {text}" for label, text in settings.items())
+    return head + "\n\n" + "\n".join(lines) + "\n\nSettings of the runs:\n\n" + listed
 
 
 def attack_settings(results: list[dict], concept: list[int]) -> dict:
@@ -346,14 +354,14 @@ def main(argv=None) -> int:
     pipeline, _ = sd.load_pipeline(Settings(concept_recipe([7], args.work, [])).model)
     for text in args.concepts:
         concept = parse_concept(text)
-        before = prepare(concept, pipeline, args.work)
+        before = prepare(concept, pipeline, args.work, args.overrides)
         print(f"concept {text}: original " + " ".join(f"{k} {before['full'][k]:.3f}" for k in FIGURES), flush=True)
         for method in methods:
             path = result_path(args.work, concept, method, args.tag.replace(" ", "_"))
             if path.is_file() and not args.fresh:
                 print(f"  {METHODS[method][0]}{args.tag}: stored ({path})", flush=True)
                 continue
-            prepare(concept, pipeline, args.work)  # ESD's runs keep only 8 remain images in the shared folder
+            prepare(concept, pipeline, args.work, args.overrides)  # ESD's runs keep only 8 remain images in the shared folder
             result = run_one(concept, method, args.tag, args.overrides, pipeline, before, args)
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_json(result, path)
