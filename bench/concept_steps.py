@@ -23,8 +23,7 @@ ends at max(hit, 50), or at 100 without a hit. Seconds to erase = wall time from
 to the hit, evaluations excluded (model loading, encoding, the mask's pass and the training steps;
 the images are generated before). Each run's result is a JSON file in the work folder, so runs can
 be split between processes (--concepts / --methods) and a killed bench resumes; --report merges
-them into bench/results/concept_steps.json, the plot (assets/concept_steps.png), the table for BENCHMARKS.md
-and, for digit 7, one erasing setting per method for the attack benchmark (concept_steps_attack_settings.json).
+them into bench/results/concept_steps.json, the plot (assets/concept_steps.png) and the table for BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -71,18 +70,13 @@ METHODS = {
 }
 
 
-# The methods of the attack benchmark (issue 15) and the runs that stand for each.
-ATTACK_METHODS = {"sfron": ["sfron"], "esd": ["esd-x", "esd-u"], "salun": ["salun"], "rl": ["rl"], "ga": ["ga"]}
-
-
 class Done(Exception):
     """Ends a run's loop once its figures are in."""
 
 
 def concept_recipe(concept: list[int], work: Path, overrides: list[str]) -> dict:
     """The demo recipe for `concept` (its digits), writing into the concept's folder, with `overrides`."""
-    name = "+".join(map(str, concept))
-    sets = [f"digits.forget={concept}", f'output.dir="{work / name}"', *overrides]
+    sets = [f"digits.forget={concept}", f'output.dir="{work / concept_name(concept)}"', *overrides]
     return apply_overrides(load_recipe(RECIPE), sets)
 
 
@@ -166,7 +160,7 @@ def run_one(concept: list[int], method: str, tag: str, overrides: list[str], pip
     folder = settings.out_dir / "bench" / (method + tag)
     original_unet = pipeline.unet
     curve, at, state = [], {}, {"hit": None, "seconds": None, "eval": 0.0}
-    name = "+".join(map(str, concept))
+    name = concept_name(concept)
     started = time.perf_counter()
 
     def on_step(step, unet, record):
@@ -231,7 +225,7 @@ def parse_concept(text: str) -> list[int]:
 
 
 def result_path(work: Path, concept: list[int], method: str, tag: str) -> Path:
-    return work / "results" / f"{'+'.join(map(str, concept))}-{method}{tag}.json"
+    return work / "results" / f"{concept_name(concept)}-{method}{tag}.json"
 
 
 # --------------------------------------------------------------------------- report
@@ -244,48 +238,49 @@ def merged(work: Path) -> list[dict]:
                                           order.index(r["method"]), r["tag"]))
 
 
-def cell(figures: dict | None) -> str:
-    if not figures:
-        return "—"
-    return " / ".join(f"{figures[k]:.2f}" for k in ("fa", "fa_paraphrase", "remaining_accuracy")) + f" / {figures['fid']:.1f}"
+def concept_name(concept: list[int]) -> str:
+    return "+".join(map(str, concept))
+
+
+def cell(r: dict) -> str:
+    """steps · seconds · FID at the hit / at step 50, and what fails the bar at step 50 if anything does."""
+    before = r["before"]["full"]
+    at50 = r["step50"]
+    fid50 = f"{at50['fid']:.1f}" if at50 else "—"
+    text = (f"**{r['hit_step']}** · {r['seconds']:.0f} s · {r['hit']['fid']:.1f} / {fid50}" if r["hit_step"]
+            else f"not within 100 · — · — / {fid50}")
+    if at50 and not concept_erased(at50, before):
+        drop = before["remaining_accuracy"] - at50["remaining_accuracy"] > REMAINING_TOLERANCE
+        text += (f" (50: other digits {at50['remaining_accuracy']:.2f})" if drop
+                 else f" (50: FA {at50['fa']:.2f}, para. {at50['fa_paraphrase']:.2f})")
+    return text
 
 
 def markdown(results: list[dict], command: str) -> str:
+    """The methods against the concepts more than one method ran on; then every concept SFR-on ran on."""
     minutes = sum(r["run_seconds"] for r in results) / 60
-    lines = [
-        "| concept | method | steps to erase | seconds | at that step: FA / para. FA / rem. acc. / FID "
-        "| at step 50: FA / para. FA / rem. acc. / FID |",
-        "|---|---|---|---|---|---|",
-    ]
-    seen, settings = set(), {}
-    for r in results:
-        name = "+".join(map(str, r["concept"]))
-        if name not in seen:
-            seen.add(name)
-            lines.append(f"| {name} | original | | | {cell(r['before']['full'])} | |")
-        settings.setdefault(r["label"], r["settings"])
-        steps = str(r["hit_step"]) if r["hit_step"] else "not within 100"
-        seconds = f"{r['seconds']:.0f}" if r["seconds"] is not None else "—"
-        lines.append(f"| {name} | {r['label']} | {steps} | {seconds} | {cell(r['hit'])} | {cell(r['step50'])} |")
-    head = (f"Command: `{command}` — {minutes:.0f} min of runs on this machine ({platform.machine()}, 1 torch "
-            "thread, 2 CPU cores shared with other jobs). Raw results: `bench/results/concept_steps.json`.")
-    listed = "\n".join(f"- {label}: {text}" for label, text in settings.items())
-    return head + "\n\n" + "\n".join(lines) + "\n\nSettings of the runs:\n\n" + listed
-
-
-def attack_settings(results: list[dict], concept: list[int]) -> dict:
-    """Per attack-benchmark method: the run on `concept` that erased in the fewest steps, as `erase demo --set`
-    values (the loop's lr and weights are constant, so `sfron.steps` = the hit step ends where the run hit)."""
-    out = {}
-    for name, variants in ATTACK_METHODS.items():
-        hits = [r for r in results if r["concept"] == concept and r["method"] in variants and r["hit_step"]]
-        best = min(hits, key=lambda r: r["hit_step"], default=None)
-        out[name] = best and {
-            "run": best["label"], "settings": best["settings"], "at_hit": best["hit"],
-            "sets": [f"digits.forget={concept}", *METHODS[best["method"]][1], *best["overrides"],
-                     f"sfron.steps={best['hit_step']}"],
-        }
-    return out
+    names = {concept_name(r["concept"]) for r in results}
+    shared = [n for n in dict.fromkeys(concept_name(r["concept"]) for r in results)
+              if len({r["label"] for r in results if concept_name(r["concept"]) == n}) > 1]
+    by = {(r["label"], concept_name(r["concept"])): r for r in results}
+    before = {concept_name(r["concept"]): r["before"]["full"] for r in results}
+    lines = [f"| method | {' | '.join(shared)} |", "|---" * (len(shared) + 1) + "|",
+             "| original: FID | " + " | ".join(f"{before[n]['fid']:.1f}" for n in shared) + " |"]
+    for label in dict.fromkeys(r["label"] for r in results if concept_name(r["concept"]) in shared):
+        lines.append(f"| {label} | " + " | ".join(cell(by[label, n]) if (label, n) in by else "" for n in shared) + " |")
+    sfron = [r for r in results if r["method"] == "sfron" and (r["tag"] in ("", " anchor 7")) and len(r["concept"]) == 1]
+    lines += ["", "| SFR-on, digit | anchor | steps to erase | seconds | FID before | at the hit: FA / para. FA / rem. acc. "
+              "/ FID | at step 50: FA / para. FA / rem. acc. / FID |", "|---|---|---|---|---|---|---|"]
+    for r in sorted(sfron, key=lambda r: r["concept"]):
+        figures = [" / ".join(f"{x[k]:.2f}" for k in FIGURES[:3]) + f" / {x['fid']:.1f}" if x else "—"
+                   for x in (r["hit"], r["step50"])]
+        anchor = "7" if "anchor 7" in r["tag"] else "1"
+        lines.append(f"| {concept_name(r['concept'])} | {anchor} | {r['hit_step'] or 'not within 100'} | "
+                     f"{r['seconds'] or 0:.0f} | {r['before']['full']['fid']:.1f} | {figures[0]} | {figures[1]} |")
+    settings = dict.fromkeys(f"- {r['label']}: {r['settings']}" for r in results)
+    head = (f"Command: `{command}` — {minutes:.0f} min of runs ({platform.machine()}, 1 torch thread, 2 CPU cores "
+            f"shared with other jobs), {len(results)} runs on {len(names)} concepts.")
+    return head + "\n\n" + "\n".join(lines) + "\n\nSettings of the runs:\n\n" + "\n".join(settings)
 
 
 def plot(results: list[dict], concept: list[int], path: Path) -> None:
@@ -299,7 +294,8 @@ def plot(results: list[dict], concept: list[int], path: Path) -> None:
         quick = r["before"]["quick"]
         for ax, key in zip(axes, ("fa", "fa_paraphrase")):
             points = [(0, quick[key])] + [(p["step"], p[key]) for p in r["curve"]]
-            line, = ax.plot(*zip(*points), marker=".", linewidth=1.2, label=r["label"])
+            style = {"linestyle": "--", "linewidth": 0.9, "alpha": 0.7} if r["tag"] else {"linewidth": 1.4}
+            line, = ax.plot(*zip(*points), marker=".", label=r["label"], **style)
             if r["step50"] and r["step50"]["step"] not in [p[0] for p in points]:
                 ax.plot([r["step50"]["step"]], [r["step50"][key]], marker="x", color=line.get_color())
     for ax, key, target in zip(axes, ("forget prompts", "held-out paraphrases"), (FA_TARGET, PARAPHRASE_TARGET)):
@@ -338,13 +334,9 @@ def main(argv=None) -> int:
     if args.report:
         results = merged(args.work)
         atomic_write_json({"results": results}, REPO / "bench" / "results" / "concept_steps.json")
-        attack = attack_settings(results, [7])
-        atomic_write_json(attack, REPO / "bench" / "results" / "concept_steps_attack_settings.json")
         plot(results, parse_concept(args.plot_concept), REPO / "assets" / "concept_steps.png")
         text = markdown(results, "OMP_NUM_THREADS=1 .venv/bin/python bench/concept_steps.py " + " ".join(sys.argv[1:]))
         print(text)
-        for name, setting in attack.items():
-            print(f"attack setting {name}: " + (" ".join(f"--set '{s}'" for s in setting["sets"]) if setting else "none erased"))
         return 0
 
     methods = args.methods.split(",")
