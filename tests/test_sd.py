@@ -154,6 +154,29 @@ def test_gradient_checkpointing_recomputes_and_gives_the_same_weights(tiny_sd, t
     assert all(torch.allclose(plain[n], checkpointed[n], atol=1e-6) for n in plain)
 
 
+def test_the_same_recipe_gives_the_same_model_whatever_ran_before_the_loop(tiny_sd, tmp_path, capsys, monkeypatch):
+    """The loop is reseeded: evaluating first or not (RL: no mask) and a fresh or cached Fisher (SFR-on) give
+    the same weights, bit for bit."""
+    common = ["--model", tiny_sd, "--steps", 2, "--lr", 1e-3, *TINY, "--set", "eval.nudenet=false"]
+    rl = ["--method", "rl", "--set", "method.confine_to_mask=false"]
+    for name, extra in (("rl-eval", ["--eval-samples", 1]), ("rl-no-eval", ["--eval-samples", 0])):
+        code, _, err = run_cli(["sd", "--out", tmp_path / name, *common, *rl, *extra], capsys)
+        assert code == 0, err
+    assert same_bytes(tmp_path / "rl-eval" / "model" / UNET_FILE, tmp_path / "rl-no-eval" / "model" / UNET_FILE)
+    from erase.core.methods import FisherCache
+
+    loaded, load = [], FisherCache.load
+    monkeypatch.setattr(FisherCache, "load", lambda self: loaded.append(load(self)) or loaded[-1])
+    run = tmp_path / "sfron"
+    weights = []
+    for _ in range(2):  # the second run finds the first one's images and Fisher in the folder
+        code, _, err = run_cli(["sd", "--out", run, *common, "--eval-samples", 0, "--set", "fisher.reuse=true"], capsys)
+        assert code == 0, err
+        weights.append((run / "model" / UNET_FILE).read_bytes())
+    assert loaded[0] is None and loaded[1] is not None  # computed, then read back
+    assert weights[0] == weights[1]
+
+
 @pytest.mark.parametrize("method, train", [("esd", "xattn"), ("salun", "full"), ("ga", "noxattn")])
 def test_baselines_share_the_harness(method, train, tiny_sd, tmp_path, capsys):
     run = tmp_path / method

@@ -154,6 +154,11 @@ def erase_pipeline(pipeline, settings: Settings, patch_dtype: torch.dtype | None
     stats = mask_stats(mask) if mask is not None else None
     objective = concept_objective(settings, unet, pipeline.scheduler, eps_loss, null)
     hooks = confine_to_mask(unet, mask) if settings.confine_to_mask else []
+    # The loop starts from the same random state and batch order whatever ran before it (the before
+    # evaluation or not, a Fisher pass, a cached Fisher, no mask): the same recipe gives the same model.
+    torch.manual_seed(settings.config.seed)
+    forget_batches = loader(forget_set, settings.batch_size, settings.config.seed)
+    remain_batches = loader(remain_set, settings.batch_size, settings.config.seed + 1)
     with timer("loop"):
         history = unlearn(
             unet, objective, eps_loss if settings.remain_steps else None, forget_batches,
