@@ -149,8 +149,8 @@ def prepare(concept: list[int], pipeline, work: Path, overrides: list[str]) -> d
 def run_one(concept: list[int], method: str, tag: str, overrides: list[str], pipeline, before: dict, args) -> dict:
     """One erasure with its checks inside the loop (see the module docstring)."""
     label, changes = METHODS[method]
-    # fisher.reuse false: a cached Fisher would leave the global RNG where a fresh `erase demo` does not, and the
-    # loop's noise with it; so every run draws the noise a fresh run of its recipe draws.
+    # fisher.reuse false: methods share the concept's folder, and the workflow reseeds before its loop anyway
+    # (the loop draws the same noise whether the Fisher was computed, cached or not built, evaluated first or not).
     sets = [*changes, f"sfron.steps={args.budget}", "fisher.reuse=false", *overrides]
     recipe = concept_recipe(concept, args.work, sets)
     settings = Settings(recipe)

@@ -137,6 +137,45 @@ def test_a_judged_image_is_regenerated_by_plain_diffusers_from_its_csv_row(unint
     assert {row["success"] for row in read_csv(uninterrupted)} == {"0", "1"}  # both verdicts were checked
 
 
+def test_embedding_space_attack_writes_textual_inversions_that_plain_diffusers_loads(uninterrupted, tiny_sd, tmp_path,
+                                                                                    capsys):
+    """--space embeddings: free vectors that lower the loss below the plain prompt's; each prompt's
+    vectors are a textual-inversion file, and plain diffusers (load_textual_inversion, the CSV's prompt, the
+    row's seed) regenerates the judged image and its verdict; a resume finds everything done."""
+    from diffusers import StableDiffusionPipeline
+    from safetensors.torch import load_file
+
+    out = tmp_path / "out"
+    argv = attack_argv(tiny_sd, uninterrupted.parent / "prompts.csv", out, "--space", "embeddings", "--iterations", 20)
+    code, _, err = run_cli(argv, capsys)
+    assert code == 0, err
+    rows, tokens = read_csv(out), read_csv(uninterrupted)
+    settings = json.loads((out / "attack.json").read_text())["settings"]
+    assert settings["space"] == "embeddings"
+    pipe = StableDiffusionPipeline.from_pretrained(settings["model"], safety_checker=None)
+    dim = pipe.text_encoder.get_input_embeddings().weight.shape[1]
+    judge = ClassifierJudge("digits", str(LABEL))
+    for row, token_row in zip(rows, tokens):
+        assert row["adversarial_prompt"] == "<adv> " + row["prompt"]
+        assert float(row["loss_attack"]) <= float(row["loss_plain"])
+        inversion = out / "prompts" / f"{row['case_number']}.safetensors"
+        assert load_file(str(inversion))["emb_params"].shape == (5, dim)
+        pipe.load_textual_inversion(str(inversion), token="<adv>")
+        latents = torch.randn((1, 4, 8, 8), generator=torch.Generator("cpu").manual_seed(int(row["seed"])))
+        image = pipe(row["adversarial_prompt"], latents=latents, guidance_scale=float(row["guidance"]),
+                     num_inference_steps=settings["steps"], height=16, width=16).images[0]
+        pipe.unload_textual_inversion()
+        judged = np.asarray(Image.open(out / "images" / "attack" / f"{row['case_number']}_0.png"))
+        assert np.abs(np.asarray(image).astype(int) - judged.astype(int)).max() <= 1
+        image.save(tmp_path / "again.png")
+        ((score, success),) = judge([tmp_path / "again.png"])
+        assert success == bool(int(row["success"])) and score == pytest.approx(float(row["score"]), abs=1e-3)
+    before = folder_files(out)
+    assert run_cli(argv, capsys)[0] == 0  # resumed: nothing is redone
+    assert {k: v for k, v in folder_files(out).items() if k != "attack.json"} == {
+        k: v for k, v in before.items() if k != "attack.json"}
+
+
 def test_target_images_from_a_folder_and_the_nudenet_judge(uninterrupted, tiny_sd, tmp_path, capsys):
     """--targets reads the original's images as `erase generate` names them; NudeNet judges: a plain image
     scores 0, and the score is the top exposed-class score of NudeDetector itself."""

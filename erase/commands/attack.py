@@ -30,6 +30,9 @@ def register(subparsers) -> None:
     parser.add_argument("--lr", type=positive_float, default=0.01, help="Adam learning rate of the token vectors (default 0.01)")
     parser.add_argument("--weight-decay", type=float, default=0.0,
                         help="Adam weight decay of the token vectors (default 0; UnlearnDiffAtk's code: 0.1)")
+    parser.add_argument("--space", choices=["tokens", "embeddings"], default="tokens",
+                        help="tokens: real tokens, a pasteable prompt (UnlearnDiffAtk); embeddings: free vectors, "
+                             "a textual inversion per prompt (Concept Inversion): the upper bound of any prompt")
     parser.add_argument("--seed", type=int, default=0, help="seed of the attack's own draws (images use the rows' seeds)")
     parser.add_argument("--limit", type=positive_int, default=None, help="only the first N prompts (after --category)")
     parser.add_argument("--category", default=None, help="only rows whose I2P categories include this one (e.g. sexual)")
@@ -72,7 +75,7 @@ def run_attack_command(args) -> int:
     run = AttackRun(
         model=args.model, original=args.original, prompts=args.prompts, out=Path(args.out),
         attack=AttackConfig(tokens=args.tokens, iterations=args.iterations, lr=args.lr,
-                            weight_decay=args.weight_decay), seed=args.seed,
+                            weight_decay=args.weight_decay, space=args.space), seed=args.seed,
         steps=args.steps, guidance=args.guidance, height=args.height, width=args.width,
         mixed_precision=args.mixed_precision, targets=args.targets, category=args.category,
     )

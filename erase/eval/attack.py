@@ -18,7 +18,13 @@ token embeddings, so the tokens drift whatever the loss says (measured in docs/s
 
 Candidate tokens are those whose decoded text tokenizes back to the same single token (whole words,
 no special tokens), so `"tok1 tok2 … prompt"` re-tokenizes to exactly the ids the loss saw; the
-attack checks this on every string it builds. Nothing here is specific to Stable Diffusion beyond a
+attack checks this on every string it builds.
+
+space="embeddings" drops the projection: the N vectors stay free (Concept Inversion, Pham et al. 2023,
+learns such a word by textual inversion). Nothing a user can type reaches them, so this is an upper
+bound on what any prompt can bring back: has the concept left the UNet, or only the words' way to it?
+The result is a textual-inversion file (`emb_params`, N×dim) and the prompt `"<adv> prompt"`, which
+plain diffusers reads with `pipe.load_textual_inversion(file, token="<adv>")`. Nothing here is specific to Stable Diffusion beyond a
 CLIP-style tokenizer and a text encoder with an input-embedding layer; the loss is passed in.
 """
 
@@ -42,6 +48,7 @@ class AttackConfig:
     weight_decay: float = 0.0
     eval_draws: int = 8  # fixed (t, ε) draws on which token sets and the plain prompt are compared
     select_every: int = 10  # iterations between the token sets compared at the end
+    space: str = "tokens"  # tokens: real, pasteable tokens; embeddings: free vectors (a textual inversion)
 
 
 @dataclass
@@ -52,6 +59,11 @@ class AttackResult:
     loss_attack: float  # the same draws, the adversarial prompt (the best of the sets compared)
     losses: list[float] = field(default_factory=list)  # per iteration: projected tokens, that iteration's draw
     seconds: float = 0.0
+    embeddings: torch.Tensor | None = None  # space "embeddings": the N vectors of PLACEHOLDER
+
+
+PLACEHOLDER = "<adv>"  # the textual-inversion token of an embedding-space attack (N vectors: <adv> <adv>_1 …)
+SPACES = ("tokens", "embeddings")
 
 
 def candidate_tokens(tokenizer) -> torch.Tensor:
@@ -127,6 +139,8 @@ def diffusion_loss(unet, scheduler, latents: torch.Tensor):
 def attack_prompt(tokenizer, text_encoder, loss_fn, prompt: str, candidates: torch.Tensor,
                   config: AttackConfig, seed: int) -> AttackResult:
     """The adversarial prompt for one prompt and its target (inside `loss_fn`); deterministic in `seed`."""
+    if config.space == "embeddings":
+        return attack_embeddings(tokenizer, text_encoder, loss_fn, prompt, candidates, config, seed)
     started = time.perf_counter()
     table = text_encoder.get_input_embeddings().weight.detach()
     device = table.device
@@ -173,3 +187,43 @@ def attack_prompt(tokenizer, text_encoder, loss_fn, prompt: str, candidates: tor
     best = min(compared, key=compared.get)  # the first of equals: the earliest set
     return AttackResult(adversarial_text(tokenizer, list(best), prompt), list(best), evaluated(tokenize(tokenizer, prompt)),
                         compared[best], losses, time.perf_counter() - started)
+
+
+def attack_embeddings(tokenizer, text_encoder, loss_fn, prompt: str, candidates: torch.Tensor,
+                      config: AttackConfig, seed: int) -> AttackResult:
+    """The embedding-space attack: the same start, draws, optimiser and choice of the best set as
+    attack_prompt, with the vectors used as they are (no projection to real tokens)."""
+    started = time.perf_counter()
+    table = text_encoder.get_input_embeddings().weight.detach()
+    generator = torch.Generator().manual_seed(seed)
+    start = candidates[torch.randint(len(candidates), (config.tokens,), generator=generator)].tolist()
+    eval_draws = torch.randint(2**62, (config.eval_draws,), generator=generator).tolist()
+    draws = torch.randint(2**62, (config.iterations,), generator=generator).tolist()
+    # The layout of "<adv> <adv>_1 … prompt" once the textual inversion is loaded: N single tokens, then the
+    # prompt; the N start tokens hold the places and their embeddings are replaced by the vectors.
+    tokens = tokenize(tokenizer, adversarial_text(tokenizer, start, prompt))
+    if tokens.input_ids[0, 1 : 1 + config.tokens].tolist() != start:
+        raise EraseError(f"the start tokens {start} do not survive re-tokenizing; cannot attack")
+
+    @torch.no_grad()
+    def evaluated(vectors=None, text_tokens=tokens) -> float:
+        hidden = encode(text_encoder, text_tokens, vectors)
+        return sum(loss_fn(hidden, d).item() for d in eval_draws) / len(eval_draws)
+
+    vectors = table[start].float().clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([vectors], lr=config.lr, weight_decay=config.weight_decay)
+    compared, losses = [], []  # (loss on the evaluation draws, vectors)
+    for i, draw in enumerate(draws):
+        if i % config.select_every == 0:
+            compared.append((evaluated(vectors.detach()), vectors.detach().clone()))
+        loss = loss_fn(encode(text_encoder, tokens, vectors), draw)
+        if not torch.isfinite(loss):
+            raise EraseError(f"the attack loss became {loss.item()} on {prompt!r}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    compared.append((evaluated(vectors.detach()), vectors.detach().clone()))
+    best_loss, best = min(compared, key=lambda pair: pair[0])  # the first of equals: the earliest set
+    return AttackResult(f"{PLACEHOLDER} {prompt}", [], evaluated(text_tokens=tokenize(tokenizer, prompt)), best_loss,
+                        losses, time.perf_counter() - started, best.to(table.dtype).cpu())

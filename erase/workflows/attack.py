@@ -4,8 +4,10 @@ Phases, each skipping what is already on disk (every file is written whole under
 not at all), so a killed run resumes with what is not done and ends with the same results:
   1. targets/{name}_0.png   the original model's image for each prompt (or a --targets folder);
   2. images/no_attack/…     the erased model's image for the plain prompt;
-  3. prompts/{name}.json    the adversarial prompt found for it (erase.eval.attack);
-  4. images/attack/…        the erased model's image for the adversarial prompt;
+  3. prompts/{name}.json    the adversarial prompt found for it (erase.eval.attack); with --space
+                            embeddings also prompts/{name}.safetensors, its textual inversion;
+  4. images/attack/…        the erased model's image for the adversarial prompt (with that inversion
+                            loaded by diffusers' load_textual_inversion);
   5. attack.csv, attack.json: both images judged (main process).
 Every image comes from sd.generate_images with batches of one, i.e. exactly what a plain
 `pipeline(prompt, latents=..., ...)` call gives: see SEED_CONVENTION. Under `accelerate launch`
@@ -18,13 +20,14 @@ import csv
 import io
 import json
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from erase.core.io import atomic_write_json, atomic_write_text, check_output_folder
+from erase.core.io import atomic_save_tensors, atomic_write_json, atomic_write_text, check_output_folder
 from erase.data.prompts import PromptRow
 from erase.errors import UserError
-from erase.eval.attack import AttackConfig, attack_prompt, candidate_tokens, diffusion_loss
+from erase.eval.attack import PLACEHOLDER, AttackConfig, attack_prompt, candidate_tokens, diffusion_loss
 from erase.families import sd
 
 SETTINGS_FILE = ".erase-attack.json"
@@ -33,6 +36,7 @@ SEED_CONVENTION = ("latents = torch.randn((1, pipe.unet.config.in_channels, heig
                    "width // pipe.vae_scale_factor), generator=torch.Generator('cpu').manual_seed(seed)); "
                    "guidance: --guidance, else the row's evaluation_guidance, else 7.5; the pipeline's own "
                    "scheduler; no safety checker")
+ADDED_LATER = {"space": "tokens"}  # settings newer than some run folders: what those folders were made with
 CSV_COLUMNS = ("case_number", "prompt", "adversarial_prompt", "seed", "guidance", "score", "success",
                "no_attack_score", "no_attack_success", "loss_plain", "loss_attack")
 
@@ -89,7 +93,12 @@ def run_attack(run: AttackRun, rows: list[PromptRow], judge, show_progress: bool
     records = [read_record(out, row) for row in rows]
     attacked = [PromptRow(row.index, record["adversarial_prompt"], row.seed, row.guidance, row.case_number)
                 for row, record in zip(rows, records)]
-    sd.generate_images(erased, attacked, out / "images" / "attack", desc="adversarial prompts", **sampling)
+    if run.attack.space == "embeddings":  # one inversion per prompt, loaded as plain diffusers loads it
+        for row in attacked:
+            with textual_inversion(erased, embeddings_path(out, row)):
+                sd.generate_images(erased, [row], out / "images" / "attack", **{**sampling, "show_progress": False})
+    else:
+        sd.generate_images(erased, attacked, out / "images" / "attack", desc="adversarial prompts", **sampling)
     state.wait_for_everyone()
     if not state.is_main_process:
         return None
@@ -115,7 +124,11 @@ def find_prompts(run: AttackRun, rows, pipeline, targets: Path, height: int, wid
         loss = diffusion_loss(pipeline.unet, pipeline.scheduler, latents)
         result = attack_prompt(pipeline.tokenizer, pipeline.text_encoder, loss, row.prompt, candidates, run.attack,
                                seed=attack_seed(run.seed, row.seed))
-        atomic_write_json({"case_number": row.name, "prompt": row.prompt, "seed": row.seed, **asdict(result)},
+        record = asdict(result)
+        embeddings = record.pop("embeddings")
+        if embeddings is not None:  # before the record: a record on disk means the prompt is done
+            save_embeddings(embeddings, embeddings_path(run.out, row))
+        atomic_write_json({"case_number": row.name, "prompt": row.prompt, "seed": row.seed, **record},
                           record_path(run.out, row))
 
 
@@ -126,6 +139,25 @@ def attack_seed(seed: int, row_seed: int) -> int:
 
 def record_path(out, row: PromptRow) -> Path:
     return Path(out) / "prompts" / f"{row.name}.json"
+
+
+def embeddings_path(out, row: PromptRow) -> Path:
+    return Path(out) / "prompts" / f"{row.name}.safetensors"
+
+
+def save_embeddings(vectors, path: Path) -> None:
+    """A multi-vector textual inversion in the format diffusers' load_textual_inversion reads (emb_params)."""
+    atomic_save_tensors({"emb_params": vectors.contiguous()}, path)
+
+
+@contextmanager
+def textual_inversion(pipeline, path: Path):
+    """The pipeline with one prompt's adversarial vectors as the token <adv> (and <adv>_1 …), then without."""
+    pipeline.load_textual_inversion(str(path), token=PLACEHOLDER)
+    try:
+        yield
+    finally:
+        pipeline.unload_textual_inversion()
 
 
 def read_record(out, row: PromptRow) -> dict:
@@ -152,7 +184,7 @@ def check_settings(out: Path, settings: dict, state) -> None:
     path = out / SETTINGS_FILE
     if path.is_file():
         before = json.loads(path.read_text())
-        changed = [key for key in settings if before.get(key) != settings[key]]
+        changed = [key for key in settings if before.get(key, ADDED_LATER.get(key)) != settings[key]]
         if changed:
             raise UserError(f"{out} holds an attack made with other settings ({', '.join(changed)}); use another --out")
     state.wait_for_everyone()
