@@ -290,21 +290,24 @@ def plot(results: list[dict], concept: list[int], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
+    colors = dict(zip(METHODS, plt.rcParams["axes.prop_cycle"].by_key()["color"]))  # one colour per method
     for r in (r for r in results if r["concept"] == concept):
         quick = r["before"]["quick"]
         for ax, key in zip(axes, ("fa", "fa_paraphrase")):
             points = [(0, quick[key])] + [(p["step"], p[key]) for p in r["curve"]]
-            style = {"linestyle": "--", "linewidth": 0.9, "alpha": 0.7} if r["tag"] else {"linewidth": 1.4}
-            line, = ax.plot(*zip(*points), marker=".", label=r["label"], **style)
+            # the method's own run solid and labelled; its other seeds dashed, other settings dotted, unlabelled
+            style = ({"linewidth": 1.5, "marker": ".", "label": r["label"]} if not r["tag"] else
+                     {"linewidth": 0.9, "alpha": 0.7, "linestyle": "--" if "seed" in r["tag"] else ":"})
+            ax.plot(*zip(*points), color=colors[r["method"]], **style)
             if r["step50"] and r["step50"]["step"] not in [p[0] for p in points]:
-                ax.plot([r["step50"]["step"]], [r["step50"][key]], marker="x", color=line.get_color())
+                ax.plot([r["step50"]["step"]], [r["step50"][key]], marker="x", color=colors[r["method"]])
     for ax, key, target in zip(axes, ("forget prompts", "held-out paraphrases"), (FA_TARGET, PARAPHRASE_TARGET)):
         ax.axhline(target, color="grey", linestyle="--", linewidth=0.8)
         ax.set_title(f"FA on the {key} (digit {'+'.join(map(str, concept))})", fontsize=10)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("share still read as the digit")
-    axes[0].legend(fontsize=8)
+    axes[0].legend(fontsize=8, title="dashed: other seeds; dotted: lr 1e-4", title_fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
