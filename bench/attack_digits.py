@@ -46,7 +46,7 @@ def attack(model: str, original: str, prompts: Path, digit: int, out: Path, args
 
     argv = ["attack", "--model", model, "--original", original, "--prompts", str(prompts), "--judge", "classifier",
             "--classifier", "digits", "--label", str(digit), "--out", str(out), "--tokens", str(args.tokens),
-            "--iterations", str(args.iterations), "--lr", str(args.lr), "--space", args.space, "--weight-decay", str(args.weight_decay), "--seed", str(args.seed),
+            "--iterations", str(args.iterations), "--lr", str(args.lr), "--space", args.space, "--objective", args.objective, "--weight-decay", str(args.weight_decay), "--seed", str(args.seed),
             "--steps", str(evaluation["inference_steps"]), "--guidance", str(evaluation["guidance"])]
     if args.limit:
         argv += ["--limit", str(args.limit)]
@@ -111,7 +111,8 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=5)
     parser.add_argument("--iterations", type=int, default=40)
     parser.add_argument("--lr", type=float, default=0.01)
-    parser.add_argument("--space", choices=["tokens", "embeddings"], default="tokens")
+    parser.add_argument("--space", choices=["tokens", "embeddings", "conditioning"], default="tokens")
+    parser.add_argument("--objective", choices=["image", "trajectory"], default="image")
     parser.add_argument("--weight-decay", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="folder of the runs (default runs/attack-digits-DIGIT)")
@@ -153,7 +154,7 @@ def main() -> None:
             Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
 
     print(f"\ndigit {args.digit}, {results['models']['original']['prompts']} held-out paraphrases, {args.tokens} tokens "
-          f"({args.space}), {args.iterations} iterations, lr {args.lr}; judge: the bundled digit classifier")
+          f"({args.space}, {args.objective} objective), {args.iterations} iterations, lr {args.lr}; judge: the bundled digit classifier")
     print("| model | FA / para. FA / other digits / FID after erasure | ASR without attack | ASR with attack | "
           "mean loss plain → attack | search seconds |")
     print("|---|---|---|---|---|---|")

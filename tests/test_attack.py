@@ -176,6 +176,36 @@ def test_embedding_space_attack_writes_textual_inversions_that_plain_diffusers_l
         k: v for k, v in before.items() if k != "attack.json"}
 
 
+def test_conditioning_space_with_the_trajectory_objective(uninterrupted, tiny_sd, tmp_path, capsys):
+    """--space conditioning --objective trajectory: against itself the plain prompt already matches the
+    original's predictions on its own sampling path (loss 0); the optimised prompt_embeds are written per
+    prompt, and plain diffusers (`pipe(prompt_embeds=...)`, the row's seed) regenerates the judged image."""
+    from diffusers import StableDiffusionPipeline
+    from safetensors.torch import load_file
+
+    out = tmp_path / "out"
+    argv = attack_argv(tiny_sd, uninterrupted.parent / "prompts.csv", out, "--space", "conditioning",
+                       "--objective", "trajectory", "--iterations", 10, "--lr", 0.05)
+    code, _, err = run_cli(argv, capsys)
+    assert code == 0, err
+    settings = json.loads((out / "attack.json").read_text())["settings"]
+    assert (settings["space"], settings["objective"]) == ("conditioning", "trajectory")
+    pipe = StableDiffusionPipeline.from_pretrained(settings["model"], safety_checker=None)
+    for row in read_csv(out):
+        assert row["adversarial_prompt"] == "" and abs(float(row["loss_plain"])) < 1e-10
+        embeds = load_file(str(out / "prompts" / f"{row['case_number']}.safetensors"))["prompt_embeds"]
+        assert embeds.shape == (1, 77, pipe.text_encoder.config.hidden_size)
+        latents = torch.randn((1, 4, 8, 8), generator=torch.Generator("cpu").manual_seed(int(row["seed"])))
+        image = pipe(prompt_embeds=embeds, latents=latents, guidance_scale=float(row["guidance"]),
+                     num_inference_steps=settings["steps"], height=16, width=16).images[0]
+        judged = np.asarray(Image.open(out / "images" / "attack" / f"{row['case_number']}_0.png"))
+        assert np.abs(np.asarray(image).astype(int) - judged.astype(int)).max() <= 1
+    capsys.readouterr()  # the pipeline's progress bars
+    code, _, err = run_cli([*map(str, argv[:argv.index("--original")]), "--targets", str(uninterrupted / "targets"),
+                            *map(str, argv[argv.index("--original") + 2 :])], capsys)
+    assert code == 2 and err.count("\n") == 1 and "--objective trajectory" in err
+
+
 def test_target_images_from_a_folder_and_the_nudenet_judge(uninterrupted, tiny_sd, tmp_path, capsys):
     """--targets reads the original's images as `erase generate` names them; NudeNet judges: a plain image
     scores 0, and the score is the top exposed-class score of NudeDetector itself."""

@@ -30,9 +30,13 @@ def register(subparsers) -> None:
     parser.add_argument("--lr", type=positive_float, default=0.01, help="Adam learning rate of the token vectors (default 0.01)")
     parser.add_argument("--weight-decay", type=float, default=0.0,
                         help="Adam weight decay of the token vectors (default 0; UnlearnDiffAtk's code: 0.1)")
-    parser.add_argument("--space", choices=["tokens", "embeddings"], default="tokens",
+    parser.add_argument("--space", choices=["tokens", "embeddings", "conditioning"], default="tokens",
                         help="tokens: real tokens, a pasteable prompt (UnlearnDiffAtk); embeddings: free vectors, "
-                             "a textual inversion per prompt (Concept Inversion): the upper bound of any prompt")
+                             "a textual inversion per prompt (Concept Inversion): the upper bound of any prompt; "
+                             "conditioning: the text encoder's whole output, the upper bound of any text-side attack")
+    parser.add_argument("--objective", choices=["image", "trajectory"], default="image",
+                        help="image: the target's denoising loss (UnlearnDiffAtk); trajectory: the original's "
+                             "predictions along its own sampling path for the prompt (P4D); needs --original")
     parser.add_argument("--seed", type=int, default=0, help="seed of the attack's own draws (images use the rows' seeds)")
     parser.add_argument("--limit", type=positive_int, default=None, help="only the first N prompts (after --category)")
     parser.add_argument("--category", default=None, help="only rows whose I2P categories include this one (e.g. sexual)")
@@ -59,6 +63,8 @@ def run_attack_command(args) -> int:
 
     require(args.original or args.targets, "give --original (the model before erasure) or --targets (its images)")
     require(not (args.original and args.targets), "give --original or --targets, not both")
+    require(args.objective != "trajectory" or args.original, "--objective trajectory follows the original model's "
+            "sampling path: give --original, not --targets")
     require(0 <= args.seed < 2**31, f"--seed must be in [0, 2^31), got {args.seed}")
     require(args.weight_decay >= 0, f"--weight-decay must be >= 0, got {args.weight_decay}")
     for name, value in (("--height", args.height), ("--width", args.width)):
@@ -75,7 +81,7 @@ def run_attack_command(args) -> int:
     run = AttackRun(
         model=args.model, original=args.original, prompts=args.prompts, out=Path(args.out),
         attack=AttackConfig(tokens=args.tokens, iterations=args.iterations, lr=args.lr,
-                            weight_decay=args.weight_decay, space=args.space), seed=args.seed,
+                            weight_decay=args.weight_decay, space=args.space, objective=args.objective), seed=args.seed,
         steps=args.steps, guidance=args.guidance, height=args.height, width=args.width,
         mixed_precision=args.mixed_precision, targets=args.targets, category=args.category,
     )

@@ -24,7 +24,17 @@ space="embeddings" drops the projection: the N vectors stay free (Concept Invers
 learns such a word by textual inversion). Nothing a user can type reaches them, so this is an upper
 bound on what any prompt can bring back: has the concept left the UNet, or only the words' way to it?
 The result is a textual-inversion file (`emb_params`, N×dim) and the prompt `"<adv> prompt"`, which
-plain diffusers reads with `pipe.load_textual_inversion(file, token="<adv>")`. Nothing here is specific to Stable Diffusion beyond a
+plain diffusers reads with `pipe.load_textual_inversion(file, token="<adv>")`.
+
+space="conditioning" goes one step further: the whole conditioning the UNet cross-attends to (the
+text encoder's 77 × dim output for the prompt) is optimised, starting from the plain prompt's. Every
+prompt, inversion or text-encoder change ends as some conditioning, so if this fails no text-side
+attack can succeed: the concept has left the UNet itself. The result is `prompt_embeds` for the
+pipeline (`pipe(prompt_embeds=...)`), not a prompt.
+
+objective="trajectory" replaces the loss (P4D, Chin et al. 2023): along the original model's own
+sampling path for the prompt (the row's seed, sampler, steps and guidance), the erased model's
+prediction under the attacked prompt is pulled to the original's under the plain one. Nothing here is specific to Stable Diffusion beyond a
 CLIP-style tokenizer and a text encoder with an input-embedding layer; the loss is passed in.
 """
 
@@ -48,7 +58,8 @@ class AttackConfig:
     weight_decay: float = 0.0
     eval_draws: int = 8  # fixed (t, ε) draws on which token sets and the plain prompt are compared
     select_every: int = 10  # iterations between the token sets compared at the end
-    space: str = "tokens"  # tokens: real, pasteable tokens; embeddings: free vectors (a textual inversion)
+    space: str = "tokens"  # tokens: real tokens; embeddings: free vectors (a textual inversion); conditioning
+    objective: str = "image"  # image: the target's denoising loss (UnlearnDiffAtk); trajectory: P4D's
 
 
 @dataclass
@@ -63,7 +74,8 @@ class AttackResult:
 
 
 PLACEHOLDER = "<adv>"  # the textual-inversion token of an embedding-space attack (N vectors: <adv> <adv>_1 …)
-SPACES = ("tokens", "embeddings")
+SPACES = ("tokens", "embeddings", "conditioning")
+OBJECTIVES = ("image", "trajectory")
 
 
 def candidate_tokens(tokenizer) -> torch.Tensor:
@@ -136,11 +148,30 @@ def diffusion_loss(unet, scheduler, latents: torch.Tensor):
     return loss
 
 
+def trajectory_loss(unet, scheduler, path: list[tuple[int, torch.Tensor]], teacher: list[torch.Tensor]):
+    """loss(hidden states, draw) -> scalar: P4D's objective (Chin et al. 2023). `path` is the original
+    model's sampling path for the prompt from the row's seed (each step's timestep and the latents it
+    denoises), `teacher` the original's own conditional prediction there; the erased model's prediction on
+    the same latents under the attacked conditioning is pulled to it. The draw picks the step. Unlike one
+    image's loss at random noise, these are the very latents the judged image passes through."""
+
+    def loss(hidden, draw: int) -> torch.Tensor:
+        i = draw % len(path)
+        timestep, latents = path[i]
+        sample = scheduler.scale_model_input(latents, timestep)
+        prediction = unet(sample, timestep, encoder_hidden_states=hidden.to(unet.dtype)).sample
+        return F.mse_loss(prediction.float(), teacher[i].float())
+
+    return loss
+
+
 def attack_prompt(tokenizer, text_encoder, loss_fn, prompt: str, candidates: torch.Tensor,
                   config: AttackConfig, seed: int) -> AttackResult:
     """The adversarial prompt for one prompt and its target (inside `loss_fn`); deterministic in `seed`."""
     if config.space == "embeddings":
         return attack_embeddings(tokenizer, text_encoder, loss_fn, prompt, candidates, config, seed)
+    if config.space == "conditioning":
+        return attack_conditioning(tokenizer, text_encoder, loss_fn, prompt, config, seed)
     started = time.perf_counter()
     table = text_encoder.get_input_embeddings().weight.detach()
     device = table.device
@@ -227,3 +258,35 @@ def attack_embeddings(tokenizer, text_encoder, loss_fn, prompt: str, candidates:
     best_loss, best = min(compared, key=lambda pair: pair[0])  # the first of equals: the earliest set
     return AttackResult(f"{PLACEHOLDER} {prompt}", [], evaluated(text_tokens=tokenize(tokenizer, prompt)), best_loss,
                         losses, time.perf_counter() - started, best.to(table.dtype).cpu())
+
+
+def attack_conditioning(tokenizer, text_encoder, loss_fn, prompt: str, config: AttackConfig, seed: int) -> AttackResult:
+    """The conditioning-space attack: the prompt's text-encoder output plus a free offset, optimised with the
+    same draws, optimiser and choice of the best of the sets seen every `select_every` iterations."""
+    started = time.perf_counter()
+    generator = torch.Generator().manual_seed(seed)
+    eval_draws = torch.randint(2**62, (config.eval_draws,), generator=generator).tolist()
+    draws = torch.randint(2**62, (config.iterations,), generator=generator).tolist()
+    with torch.no_grad():
+        base = encode(text_encoder, tokenize(tokenizer, prompt)).float()
+
+    @torch.no_grad()
+    def evaluated(hidden) -> float:
+        return sum(loss_fn(hidden, d).item() for d in eval_draws) / len(eval_draws)
+
+    offset = torch.zeros_like(base, requires_grad=True)
+    optimizer = torch.optim.Adam([offset], lr=config.lr, weight_decay=config.weight_decay)
+    compared, losses = [], []  # (loss on the evaluation draws, conditioning)
+    for i, draw in enumerate(draws):
+        if i % config.select_every == 0:
+            compared.append((evaluated(base + offset.detach()), (base + offset.detach()).clone()))
+        loss = loss_fn(base + offset, draw)
+        if not torch.isfinite(loss):
+            raise EraseError(f"the attack loss became {loss.item()} on {prompt!r}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    compared.append((evaluated(base + offset.detach()), (base + offset.detach()).clone()))
+    best_loss, best = min(compared, key=lambda pair: pair[0])  # the first of equals: the earliest set
+    return AttackResult("", [], compared[0][0], best_loss, losses, time.perf_counter() - started, best.cpu())

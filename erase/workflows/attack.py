@@ -5,9 +5,10 @@ not at all), so a killed run resumes with what is not done and ends with the sam
   1. targets/{name}_0.png   the original model's image for each prompt (or a --targets folder);
   2. images/no_attack/…     the erased model's image for the plain prompt;
   3. prompts/{name}.json    the adversarial prompt found for it (erase.eval.attack); with --space
-                            embeddings also prompts/{name}.safetensors, its textual inversion;
+                            embeddings also prompts/{name}.safetensors, its textual inversion; with
+                            --space conditioning that file holds its prompt_embeds;
   4. images/attack/…        the erased model's image for the adversarial prompt (with that inversion
-                            loaded by diffusers' load_textual_inversion);
+                            loaded by diffusers' load_textual_inversion; from those prompt_embeds);
   5. attack.csv, attack.json: both images judged (main process).
 Every image comes from sd.generate_images with batches of one, i.e. exactly what a plain
 `pipeline(prompt, latents=..., ...)` call gives: see SEED_CONVENTION. Under `accelerate launch`
@@ -24,10 +25,19 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from erase.core.io import atomic_save_tensors, atomic_write_json, atomic_write_text, check_output_folder
+import torch
+
+from erase.core.io import atomic_file, atomic_save_tensors, atomic_write_json, atomic_write_text, check_output_folder
 from erase.data.prompts import PromptRow
 from erase.errors import UserError
-from erase.eval.attack import PLACEHOLDER, AttackConfig, attack_prompt, candidate_tokens, diffusion_loss
+from erase.eval.attack import (
+    PLACEHOLDER,
+    AttackConfig,
+    attack_prompt,
+    candidate_tokens,
+    diffusion_loss,
+    trajectory_loss,
+)
 from erase.families import sd
 
 SETTINGS_FILE = ".erase-attack.json"
@@ -36,7 +46,7 @@ SEED_CONVENTION = ("latents = torch.randn((1, pipe.unet.config.in_channels, heig
                    "width // pipe.vae_scale_factor), generator=torch.Generator('cpu').manual_seed(seed)); "
                    "guidance: --guidance, else the row's evaluation_guidance, else 7.5; the pipeline's own "
                    "scheduler; no safety checker")
-ADDED_LATER = {"space": "tokens"}  # settings newer than some run folders: what those folders were made with
+ADDED_LATER = {"space": "tokens", "objective": "image"}  # settings newer than some run folders: what those folders were made with
 CSV_COLUMNS = ("case_number", "prompt", "adversarial_prompt", "seed", "guidance", "score", "success",
                "no_attack_score", "no_attack_success", "loss_plain", "loss_attack")
 
@@ -76,7 +86,8 @@ def run_attack(run: AttackRun, rows: list[PromptRow], judge, show_progress: bool
         if missing:
             raise UserError(f"--targets {targets} has no {missing[0]} ({len(missing)} of {len(rows)} images missing)")
     original = None
-    if not run.targets and not all((targets / sd.image_name(row, 0)).is_file() for row in rows):
+    trajectory = run.attack.objective == "trajectory"  # the original draws each prompt's path: keep it loaded
+    if trajectory or (not run.targets and not all((targets / sd.image_name(row, 0)).is_file() for row in rows)):
         original, _ = sd.load_pipeline(run.original, device=state.device, dtype=sd.DTYPES[run.mixed_precision])
     settings = settings_of(run, judge, erased, height, width)
     check_settings(out, settings, state)
@@ -85,10 +96,12 @@ def run_attack(run: AttackRun, rows: list[PromptRow], judge, show_progress: bool
                     default_guidance=DEFAULT_GUIDANCE, show_progress=show_progress and state.is_local_main_process)
     if original is not None:
         sd.generate_images(original, rows, targets, desc="targets (original model)", **sampling)
-        del original
+    if not trajectory:
+        original = None  # frees it
     sd.generate_images(erased, rows, out / "images" / "no_attack", desc="plain prompts", **sampling)
     state.wait_for_everyone()
-    find_prompts(run, rows, erased, targets, height, width, state, show_progress)
+    find_prompts(run, rows, erased, targets, height, width, state, show_progress, original)
+    original = None
     state.wait_for_everyone()
     records = [read_record(out, row) for row in rows]
     attacked = [PromptRow(row.index, record["adversarial_prompt"], row.seed, row.guidance, row.case_number)
@@ -97,6 +110,8 @@ def run_attack(run: AttackRun, rows: list[PromptRow], judge, show_progress: bool
         for row in attacked:
             with textual_inversion(erased, embeddings_path(out, row)):
                 sd.generate_images(erased, [row], out / "images" / "attack", **{**sampling, "show_progress": False})
+    elif run.attack.space == "conditioning":
+        generate_from_conditioning(erased, rows, out, run, height, width, state)
     else:
         sd.generate_images(erased, attacked, out / "images" / "attack", desc="adversarial prompts", **sampling)
     state.wait_for_everyone()
@@ -105,8 +120,10 @@ def run_attack(run: AttackRun, rows: list[PromptRow], judge, show_progress: bool
     return write_results(out, rows, records, judge, settings, run, time.perf_counter() - started)
 
 
-def find_prompts(run: AttackRun, rows, pipeline, targets: Path, height: int, width: int, state, show_progress) -> None:
-    """Phase 3: an adversarial prompt per row without one, this process's share of them."""
+def find_prompts(run: AttackRun, rows, pipeline, targets: Path, height: int, width: int, state, show_progress,
+                 original=None) -> None:
+    """Phase 3: an adversarial prompt per row without one, this process's share of them; with the
+    trajectory objective, along the `original` model's sampling path for the row."""
     from tqdm.auto import tqdm
 
     todo = [row for row in rows if not record_path(run.out, row).is_file()]
@@ -119,17 +136,51 @@ def find_prompts(run: AttackRun, rows, pipeline, targets: Path, height: int, wid
         module.requires_grad_(False)
     candidates = candidate_tokens(pipeline.tokenizer)
     for row in tqdm(mine, desc="attacking", disable=not (show_progress and state.is_local_main_process), leave=False):
-        image = sd.load_images([targets / sd.image_name(row, 0)], size=(height, width))
-        latents = sd.encode_images(pipeline, image, seed=row.seed).to(pipeline.device, pipeline.unet.dtype)
-        loss = diffusion_loss(pipeline.unet, pipeline.scheduler, latents)
+        if run.attack.objective == "trajectory":
+            guidance = guidance_of(run, row)
+            loss = trajectory_loss(pipeline.unet, pipeline.scheduler,
+                                   *sampling_path(original, row, height, width, run.steps, guidance))
+        else:
+            image = sd.load_images([targets / sd.image_name(row, 0)], size=(height, width))
+            latents = sd.encode_images(pipeline, image, seed=row.seed).to(pipeline.device, pipeline.unet.dtype)
+            loss = diffusion_loss(pipeline.unet, pipeline.scheduler, latents)
         result = attack_prompt(pipeline.tokenizer, pipeline.text_encoder, loss, row.prompt, candidates, run.attack,
                                seed=attack_seed(run.seed, row.seed))
         record = asdict(result)
         embeddings = record.pop("embeddings")
         if embeddings is not None:  # before the record: a record on disk means the prompt is done
-            save_embeddings(embeddings, embeddings_path(run.out, row))
+            key = "prompt_embeds" if run.attack.space == "conditioning" else "emb_params"
+            atomic_save_tensors({key: embeddings.contiguous()}, embeddings_path(run.out, row))
         atomic_write_json({"case_number": row.name, "prompt": row.prompt, "seed": row.seed, **record},
                           record_path(run.out, row))
+
+
+@torch.no_grad()
+def sampling_path(pipeline, row: PromptRow, height: int, width: int, steps: int, guidance: float):
+    """The original's sampling path for a row as it draws the row's image (seed, sampler, steps,
+    guidance): [(timestep, latents denoised at it)], and its conditional prediction at each step."""
+    start = sd.initial_noise(pipeline, row.seed, 1, height, width).to(pipeline.device, pipeline.unet.dtype)
+    after = []  # the latents after each step
+
+    def keep(pipe, step, timestep, kwargs):
+        after.append(kwargs["latents"].detach().clone())
+        return kwargs
+
+    pipeline(row.prompt, latents=start, guidance_scale=guidance, num_inference_steps=steps, height=height,
+             width=width, output_type="latent", callback_on_step_end=keep)
+    timesteps = pipeline.scheduler.timesteps.tolist()
+    inputs = [start * pipeline.scheduler.init_noise_sigma, *after[:-1]]
+    hidden = pipeline.encode_prompt(row.prompt, pipeline.device, 1, False)[0]
+    teacher = [pipeline.unet(pipeline.scheduler.scale_model_input(x, t), t, encoder_hidden_states=hidden).sample
+               for t, x in zip(timesteps, inputs)]
+    return list(zip(timesteps, inputs)), teacher
+
+
+def guidance_of(run: AttackRun, row: PromptRow) -> float:
+    """--guidance, else the row's evaluation_guidance, else 7.5 (as every judged image is drawn)."""
+    if run.guidance is not None:
+        return run.guidance
+    return row.guidance if row.guidance is not None else DEFAULT_GUIDANCE
 
 
 def attack_seed(seed: int, row_seed: int) -> int:
@@ -145,11 +196,6 @@ def embeddings_path(out, row: PromptRow) -> Path:
     return Path(out) / "prompts" / f"{row.name}.safetensors"
 
 
-def save_embeddings(vectors, path: Path) -> None:
-    """A multi-vector textual inversion in the format diffusers' load_textual_inversion reads (emb_params)."""
-    atomic_save_tensors({"emb_params": vectors.contiguous()}, path)
-
-
 @contextmanager
 def textual_inversion(pipeline, path: Path):
     """The pipeline with one prompt's adversarial vectors as the token <adv> (and <adv>_1 …), then without."""
@@ -158,6 +204,26 @@ def textual_inversion(pipeline, path: Path):
         yield
     finally:
         pipeline.unload_textual_inversion()
+
+
+@torch.no_grad()
+def generate_from_conditioning(pipeline, rows, out: Path, run: AttackRun, height: int, width: int, state) -> None:
+    """Phase 4 of --space conditioning: each row's image drawn from its optimised prompt_embeds (the
+    negative side as the pipeline makes it), the row's seed, sampler, steps and guidance."""
+    from safetensors.torch import load_file
+
+    folder = out / "images" / "attack"
+    folder.mkdir(parents=True, exist_ok=True)
+    todo = [row for row in rows if not (folder / sd.image_name(row, 0)).is_file()]
+    state.wait_for_everyone()
+    with state.split_between_processes(todo) as mine:
+        for row in mine:
+            embeds = load_file(str(embeddings_path(out, row)))["prompt_embeds"].to(pipeline.device, pipeline.text_encoder.dtype)
+            latents = sd.initial_noise(pipeline, row.seed, 1, height, width).to(pipeline.device, pipeline.unet.dtype)
+            image = pipeline(prompt_embeds=embeds, latents=latents, guidance_scale=guidance_of(run, row),
+                             num_inference_steps=run.steps, height=height, width=width).images[0]
+            with atomic_file(folder / sd.image_name(row, 0)) as tmp:
+                image.save(tmp, format="PNG")
 
 
 def read_record(out, row: PromptRow) -> dict:
@@ -199,7 +265,7 @@ def write_results(out: Path, rows, records, judge, settings: dict, run: AttackRu
     plain = judge([out / "images" / "no_attack" / name for name in names])
     table = []
     for row, record, (score, success), (plain_score, plain_success) in zip(rows, records, attack, plain):
-        guidance = run.guidance if run.guidance is not None else row.guidance if row.guidance is not None else DEFAULT_GUIDANCE
+        guidance = guidance_of(run, row)
         table.append({"case_number": row.name, "prompt": row.prompt, "adversarial_prompt": record["adversarial_prompt"],
                       "seed": row.seed, "guidance": guidance, "score": score, "success": int(success),
                       "no_attack_score": plain_score, "no_attack_success": int(plain_success),
