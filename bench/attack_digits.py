@@ -62,23 +62,32 @@ def attack(model: str, original: str, prompts: Path, digit: int, out: Path, args
                                        "mean_loss_plain", "mean_loss_attack", "seconds")}}
 
 
-def method_models(digit: int, sfron_steps: list[int]) -> list[dict]:
-    """What to build: each concept-benchmark method at its steps to erase `digit`, then SFR-on at more steps."""
+def method_models(digit: int, sfron_steps: list[int], loop_seeds: list[int]) -> list[dict]:
+    """What to build: each concept-benchmark method at its steps to erase `digit`, then SFR-on at more steps,
+    then each method's runs with other loop seeds (the benchmark's "seed S" rows) at their own steps."""
     sys.path.insert(0, str(REPO / "bench"))
     from concept_steps import METHODS
 
-    rows = [r for r in json.loads(CONCEPT_RESULTS.read_text())["results"] if r["concept"] == [digit] and not r["tag"]]
+    results = json.loads(CONCEPT_RESULTS.read_text())["results"]
+    rows = [r for r in results if r["concept"] == [digit] and not r["tag"]]
     if not rows:
         raise SystemExit(f"{CONCEPT_RESULTS} has no untagged rows for digit {digit}: run bench/concept_steps.py --concepts {digit}")
     models = []
-    for row in rows:
+
+    def add(row, name: str, extra: list[str]):
         steps = row["hit_step"] or max(point["step"] for point in row["curve"])
         bench = row["hit"] if row["hit_step"] else None
-        models.append({"name": row["method"], "label": f"{row['label']}, {steps} steps" + ("" if bench else " (not erased)"),
-                       "sets": [*METHODS[row["method"]][1], f"sfron.steps={steps}"], "steps": steps, "bench": bench})
+        models.append({"name": name, "label": f"{row['label']}, {steps} steps" + ("" if bench else " (not erased)"),
+                       "sets": [*METHODS[row["method"]][1], *extra, f"sfron.steps={steps}"], "steps": steps, "bench": bench})
+
+    for row in rows:
+        add(row, row["method"], [])
     for steps in sfron_steps:
         models.append({"name": f"sfron-{steps}", "label": f"SFR-on, {steps} steps", "sets": [f"sfron.steps={steps}"],
                        "steps": steps, "bench": None})
+    for seed in loop_seeds:
+        for row in (r for r in results if r["concept"] == [digit] and r["tag"] == f" seed {seed}"):
+            add(row, f"{row['method']}-seed{seed}", [f"sfron.seed={seed}"])
     return models
 
 
@@ -105,6 +114,8 @@ def main() -> None:
     parser.add_argument("--methods", action="store_true",
                         help="build and attack every method of the concept benchmark, and SFR-on at --sfron-steps")
     parser.add_argument("--sfron-steps", type=int, nargs="*", default=[25, 50, 100])
+    parser.add_argument("--loop-seeds", type=int, nargs="*", default=[],
+                        help="--methods: also each method with these loop seeds (the concept benchmark's 'seed S' rows)")
     parser.add_argument("--original", default="assets/digits-sd", help="the model before erasure (default assets/digits-sd)")
     parser.add_argument("--digit", type=int, required=True, help="the erased digit")
     parser.add_argument("--limit", type=int, default=None, help="only the first N paraphrases")
@@ -141,7 +152,7 @@ def main() -> None:
         erased.append((name or Path(folder).name, {"label": name or folder}, str(resolve_path(folder))))
     if args.methods:
         data_from = None
-        for model in method_models(args.digit, args.sfron_steps):
+        for model in method_models(args.digit, args.sfron_steps, args.loop_seeds):
             folder = out / "models" / model["name"]
             built = build(model, args.digit, folder, data_from)
             data_from = data_from or folder / "data"
