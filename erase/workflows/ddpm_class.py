@@ -18,7 +18,6 @@ from accelerate import PartialState
 from torch.utils.data import TensorDataset
 
 from erase.api import ErasureResult
-from erase.core.io import atomic_directory
 from erase.core.methods import (
     ESD,
     METHODS,
@@ -39,13 +38,13 @@ from erase.eval.accuracy import (
     remaining_accuracy,
 )
 from erase.eval.fid import DIGITS_EXTRACTOR, fid_kid
-from erase.eval.report import format_table, save_grid, save_loss_plot
+from erase.eval.report import format_table, save_grid
 from erase.eval.verdict import verdict
 from erase.families import ddpm
 from erase.families.classifier import load_classifier, predict
 from erase.families.diffusion import cast
 from erase.recipes import key, read_settings, resolve_path
-from erase.workflows.records import write_run_records
+from erase.workflows.records import finish_class_run
 from erase.workflows.settings import Method, Output
 from erase.workflows.timings import PhaseTimer
 
@@ -169,16 +168,8 @@ def run(recipe: dict, show_progress: bool = True) -> dict:
     result = erase_pipeline(pipeline, settings, out_dir, timer, show_progress)
     if not PartialState().is_main_process:  # the main process alone writes the model and the records
         return {"steps": settings.sfron.steps, "seconds": round(time.perf_counter() - started, 2)}
-    metrics = result.metrics
-    with timer("export"):
-        with atomic_directory(out_dir / "model") as model_dir:
-            pipeline.save_pretrained(model_dir)
-        save_loss_plot(result.history, out_dir / "loss.png",
-                       title=f"{metrics['method']}: forgetting class {metrics['forgotten_class']}")
-    metrics["seconds"] = round(time.perf_counter() - started, 2)
-    metrics["timings"] = timer.timings(settings.sfron.steps)
-    write_run_records(out_dir, metrics, result.mask_stats, recipe)
-    return metrics
+    title = f"{result.metrics['method']}: forgetting class {result.metrics['forgotten_class']}"
+    return finish_class_run(pipeline, result, out_dir, recipe, timer, started, settings.sfron.steps, title)
 
 
 def erase_pipeline(pipeline, settings: Settings, out_dir: Path, timer: PhaseTimer | None = None,

@@ -19,20 +19,20 @@ from accelerate import PartialState
 from torch.utils.data import TensorDataset
 
 from erase.api import ErasureResult
-from erase.core.io import atomic_directory, atomic_save_tensors, read_tensors
+from erase.core.io import atomic_save_tensors, read_tensors
 from erase.core.methods import ESD, forget_objective
 from erase.core.sharding import draw_rows
 from erase.core.saliency import mask_stats
 from erase.core.sfron import SFRonConfig, unlearn
 from erase.data.loader import loader
 from erase.errors import UserError
-from erase.eval.report import format_table, save_grid, save_loss_plot
+from erase.eval.report import format_table, save_grid
 from erase.eval.verdict import verdict
 from erase.families import ddpm, dit
 from erase.families.diffusion import cast
 from erase.recipes import key, read_settings
 from erase.workflows.ddpm_class import ClassMethod, Eval, Fisher, class_mask, process_accelerator
-from erase.workflows.records import write_run_records
+from erase.workflows.records import finish_class_run
 from erase.workflows.settings import Output
 from erase.workflows.timings import PhaseTimer
 
@@ -107,16 +107,8 @@ def run(recipe: dict, show_progress: bool = True) -> dict:
     result = erase_pipeline(pipeline, settings, out_dir, timer, show_progress)
     if not PartialState().is_main_process:  # the main process alone writes the model and the records
         return {"steps": settings.sfron.steps, "seconds": round(time.perf_counter() - started, 2)}
-    metrics = result.metrics
-    with timer("export"):
-        with atomic_directory(out_dir / "model") as model_dir:
-            pipeline.save_pretrained(model_dir)
-        save_loss_plot(result.history, out_dir / "loss.png",
-                       title=f"{metrics['method']}: forgetting ImageNet class {metrics['forgotten_class']}")
-    metrics["seconds"] = round(time.perf_counter() - started, 2)
-    metrics["timings"] = timer.timings(settings.sfron.steps)
-    write_run_records(out_dir, metrics, result.mask_stats, recipe)
-    return metrics
+    title = f"{result.metrics['method']}: forgetting ImageNet class {result.metrics['forgotten_class']}"
+    return finish_class_run(pipeline, result, out_dir, recipe, timer, started, settings.sfron.steps, title)
 
 
 def erase_pipeline(pipeline, settings: Settings, out_dir: Path, timer: PhaseTimer | None = None,
