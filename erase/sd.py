@@ -15,6 +15,7 @@ from erase.recipes import apply_options
 
 # Pipelines that bring their own recipe (settings for their size), as `erase sd --model` uses them.
 BUNDLED_RECIPES = {"assets/digits-sd": "pipelines/digits-sd-concept.toml"}
+SDXL_RECIPE = "pipelines/sdxl-nudity.toml"  # SDXL's size, guidance and memory settings
 
 
 def erase_concept(pipe, forget=None, anchor=None, remain=None, method: str | None = None, steps: int | None = None,
@@ -29,7 +30,8 @@ def erase_concept(pipe, forget=None, anchor=None, remain=None, method: str | Non
     method: sfron (default), ga, rl, salun or esd; steps: loop steps (sfron.steps); num_images: forget
         images, and as many remain images, the model generates (data.num_images).
     recipe: the recipe the call starts from, a dict or a TOML file; by default the pipeline's own when it
-        is a bundled model (assets/digits-sd), else the paper's SD settings (erase.workflows.sd.Recipe).
+        is a bundled model (assets/digits-sd), pipelines/sdxl-nudity.toml for an SDXL pipeline (as
+        `erase sd`), else the paper's SD settings (erase.workflows.sd.Recipe).
     options: any other recipe key, by its name where one section alone has it (lr=3e-4, gamma=2.0), as a
         section (data={"seed": 1}) or dotted (**{"eval.samples": 0}); checked as a recipe is.
     out_dir: keeps the generated sets, samples, Fisher diagonals and mask (default: a temporary folder).
@@ -37,7 +39,9 @@ def erase_concept(pipe, forget=None, anchor=None, remain=None, method: str | Non
     """
     from erase.workflows.sd import Recipe, Settings, erase_pipeline
 
-    table = base_recipe(pipe, BUNDLED_RECIPES, recipe)
+    from diffusers import StableDiffusionXLPipeline
+
+    table = base_recipe(pipe, BUNDLED_RECIPES, recipe, default=SDXL_RECIPE if isinstance(pipe, StableDiffusionXLPipeline) else None)
     if method not in (None, "sfron"):
         table.get("method", {}).pop("forget_loss", None)  # each method's own, as with `erase sd --method`
     for section, prompts in (("forget", forget), ("remain", remain)):

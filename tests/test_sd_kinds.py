@@ -86,6 +86,24 @@ def test_sdxl_esd_x_and_its_lora_export_load_into_the_original_pipeline(tiny_sdx
     assert changed and all(torch.allclose(fused[n], erased[n], atol=1e-5) for n in changed)
 
 
+def test_the_python_api_starts_an_sdxl_pipeline_from_the_sdxl_recipe(tiny_sdxl, tmp_path):  # noqa: F811
+    """erase.sd.erase_concept on an SDXL pipeline takes pipelines/sdxl-nudity.toml, as `erase sd` does."""
+    import erase.sd
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(tiny_sdxl)
+    before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    result = erase.sd.erase_concept(pipe, "a photo of a cat", "a photo of a dog", steps=1, num_images=2,
+                                    out_dir=tmp_path / "work", lr=1e-3, batches=1, mixed_precision="no",
+                                    data={"height": 16, "width": 16, "inference_steps": 2}, **{"eval.samples": 0})
+    assert any(not torch.equal(v, before[k]) for k, v in pipe.unet.state_dict().items())
+    assert result.metrics["steps"] == 1
+    from erase.recipes import load_recipe
+
+    sdxl_guidance = load_recipe(REPO_ROOT / "pipelines" / "sdxl-nudity.toml")["data"]["guidance"]
+    manifest = json.loads((tmp_path / "work" / "data" / "forget" / "manifest.json").read_text())
+    assert sdxl_guidance == 5.0 and manifest["guidance"] == sdxl_guidance  # the SD v1.4 default would be 7.5
+
+
 def test_v_prediction_loss_targets_v_and_the_comparisons_do_not_depend_on_it(tiny_sd2):  # noqa: F811
     pipeline, _ = sd.load_pipeline(str(tiny_sd2))
     unet, v_scheduler = pipeline.unet, pipeline.scheduler

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from erase.commands.common import add_mixed_precision, positive_float, positive_int
 from erase.commands.export import lora_rank
-from erase.sd import BUNDLED_RECIPES  # the bundled text-to-image model's own recipe (a 0.8M-parameter UNet)
+from erase.sd import BUNDLED_RECIPES, SDXL_RECIPE  # the bundled model's own recipe; SDXL's settings
 
 DEFAULT_RECIPE = "pipelines/sd-v1-4-nudity.toml"
-SDXL_RECIPE = "pipelines/sdxl-nudity.toml"  # SDXL's size, guidance and memory settings
 
 
 def register(subparsers) -> None:
