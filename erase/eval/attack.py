@@ -179,8 +179,7 @@ def attack_prompt(tokenizer, text_encoder, loss_fn, prompt: str, candidates: tor
     directions = F.normalize(table[candidates].float(), dim=-1)
     generator = torch.Generator().manual_seed(seed)
     start = torch.randint(len(candidates), (config.tokens,), generator=generator).to(device)
-    eval_draws = torch.randint(2**62, (config.eval_draws,), generator=generator).tolist()
-    draws = torch.randint(2**62, (config.iterations,), generator=generator).tolist()
+    eval_draws, draws = _draws(generator, config)
 
     def nearest(vectors) -> list[int]:
         return candidates[(F.normalize(vectors, dim=-1) @ directions.T).argmax(-1)].tolist()
@@ -222,71 +221,65 @@ def attack_prompt(tokenizer, text_encoder, loss_fn, prompt: str, candidates: tor
 
 def attack_embeddings(tokenizer, text_encoder, loss_fn, prompt: str, candidates: torch.Tensor,
                       config: AttackConfig, seed: int) -> AttackResult:
-    """The embedding-space attack: the same start, draws, optimiser and choice of the best set as
-    attack_prompt, with the vectors used as they are (no projection to real tokens)."""
+    """The embedding-space attack: the same start and draws as attack_prompt, the vectors used as they are
+    (no projection to real tokens)."""
     started = time.perf_counter()
     table = text_encoder.get_input_embeddings().weight.detach()
     generator = torch.Generator().manual_seed(seed)
     start = candidates[torch.randint(len(candidates), (config.tokens,), generator=generator)].tolist()
-    eval_draws = torch.randint(2**62, (config.eval_draws,), generator=generator).tolist()
-    draws = torch.randint(2**62, (config.iterations,), generator=generator).tolist()
+    eval_draws, draws = _draws(generator, config)
     # The layout of "<adv> <adv>_1 … prompt" once the textual inversion is loaded: N single tokens, then the
     # prompt; the N start tokens hold the places and their embeddings are replaced by the vectors.
     tokens = tokenize(tokenizer, adversarial_text(tokenizer, start, prompt))
     if tokens.input_ids[0, 1 : 1 + config.tokens].tolist() != start:
         raise EraseError(f"the start tokens {start} do not survive re-tokenizing; cannot attack")
-
-    @torch.no_grad()
-    def evaluated(vectors=None, text_tokens=tokens) -> float:
-        hidden = encode(text_encoder, text_tokens, vectors)
-        return sum(loss_fn(hidden, d).item() for d in eval_draws) / len(eval_draws)
-
-    vectors = table[start].float().clone().requires_grad_(True)
-    optimizer = torch.optim.Adam([vectors], lr=config.lr, weight_decay=config.weight_decay)
-    compared, losses = [], []  # (loss on the evaluation draws, vectors)
-    for i, draw in enumerate(draws):
-        if i % config.select_every == 0:
-            compared.append((evaluated(vectors.detach()), vectors.detach().clone()))
-        loss = loss_fn(encode(text_encoder, tokens, vectors), draw)
-        if not torch.isfinite(loss):
-            raise EraseError(f"the attack loss became {loss.item()} on {prompt!r}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    compared.append((evaluated(vectors.detach()), vectors.detach().clone()))
-    best_loss, best = min(compared, key=lambda pair: pair[0])  # the first of equals: the earliest set
-    return AttackResult(f"{PLACEHOLDER} {prompt}", [], evaluated(text_tokens=tokenize(tokenizer, prompt)), best_loss,
-                        losses, time.perf_counter() - started, best.to(table.dtype).cpu())
+    loss_plain = _mean_loss(loss_fn, encode(text_encoder, tokenize(tokenizer, prompt)), eval_draws)
+    best_loss, best, losses = _free_search(table[start].float(), lambda v: encode(text_encoder, tokens, v), loss_fn,
+                                           eval_draws, draws, config, prompt)
+    return AttackResult(f"{PLACEHOLDER} {prompt}", [], loss_plain, best_loss, losses, time.perf_counter() - started,
+                        best.to(table.dtype).cpu())
 
 
 def attack_conditioning(tokenizer, text_encoder, loss_fn, prompt: str, config: AttackConfig, seed: int) -> AttackResult:
-    """The conditioning-space attack: the prompt's text-encoder output plus a free offset, optimised with the
-    same draws, optimiser and choice of the best of the sets seen every `select_every` iterations."""
+    """The conditioning-space attack: the prompt's text-encoder output plus a free offset (from zero)."""
     started = time.perf_counter()
-    generator = torch.Generator().manual_seed(seed)
-    eval_draws = torch.randint(2**62, (config.eval_draws,), generator=generator).tolist()
-    draws = torch.randint(2**62, (config.iterations,), generator=generator).tolist()
+    eval_draws, draws = _draws(torch.Generator().manual_seed(seed), config)
     with torch.no_grad():
         base = encode(text_encoder, tokenize(tokenizer, prompt)).float()
+    best_loss, best, losses = _free_search(torch.zeros_like(base), lambda offset: base + offset, loss_fn, eval_draws,
+                                           draws, config, prompt)
+    return AttackResult("", [], _mean_loss(loss_fn, base, eval_draws), best_loss, losses, time.perf_counter() - started,
+                        (base + best).cpu())
 
-    @torch.no_grad()
-    def evaluated(hidden) -> float:
-        return sum(loss_fn(hidden, d).item() for d in eval_draws) / len(eval_draws)
 
-    offset = torch.zeros_like(base, requires_grad=True)
-    optimizer = torch.optim.Adam([offset], lr=config.lr, weight_decay=config.weight_decay)
-    compared, losses = [], []  # (loss on the evaluation draws, conditioning)
+def _draws(generator, config: AttackConfig) -> tuple[list[int], list[int]]:
+    """The fixed evaluation draws, then one draw per iteration."""
+    eval_draws = torch.randint(2**62, (config.eval_draws,), generator=generator).tolist()
+    return eval_draws, torch.randint(2**62, (config.iterations,), generator=generator).tolist()
+
+
+@torch.no_grad()
+def _mean_loss(loss_fn, hidden, eval_draws) -> float:
+    return sum(loss_fn(hidden, d).item() for d in eval_draws) / len(eval_draws)
+
+
+def _free_search(start: torch.Tensor, hidden_of, loss_fn, eval_draws, draws, config: AttackConfig, prompt: str):
+    """Adam on a free tensor (no projection): hidden_of(tensor) -> the conditioning. Of the tensors seen every
+    `select_every` iterations and at the end, the one with the lowest loss on the evaluation draws (the first
+    of equals: the earliest). Returns (that loss, that tensor, the loss of every iteration)."""
+    value = start.clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([value], lr=config.lr, weight_decay=config.weight_decay)
+    compared, losses = [], []  # (loss on the evaluation draws, tensor)
     for i, draw in enumerate(draws):
         if i % config.select_every == 0:
-            compared.append((evaluated(base + offset.detach()), (base + offset.detach()).clone()))
-        loss = loss_fn(base + offset, draw)
+            compared.append((_mean_loss(loss_fn, hidden_of(value.detach()), eval_draws), value.detach().clone()))
+        loss = loss_fn(hidden_of(value), draw)
         if not torch.isfinite(loss):
             raise EraseError(f"the attack loss became {loss.item()} on {prompt!r}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
-    compared.append((evaluated(base + offset.detach()), (base + offset.detach()).clone()))
-    best_loss, best = min(compared, key=lambda pair: pair[0])  # the first of equals: the earliest set
-    return AttackResult("", [], compared[0][0], best_loss, losses, time.perf_counter() - started, best.cpu())
+    compared.append((_mean_loss(loss_fn, hidden_of(value.detach()), eval_draws), value.detach().clone()))
+    best_loss, best = min(compared, key=lambda pair: pair[0])
+    return best_loss, best, losses
