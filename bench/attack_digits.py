@@ -19,6 +19,7 @@ Each run is a resumable folder under --out; the JSON holds every summary, its se
     .venv/bin/python bench/attack_digits.py --digit 7 --erased runs/digits-sd-concept/model [--original assets/digits-sd]
         [--limit N] [--tokens 5] [--iterations 40] [--lr 0.01] [--weight-decay 0] [--seed 0] [--out runs/attack-digits-DIGIT] [--tag T]
     .venv/bin/python bench/attack_digits.py --digit 7 --limit 10   # the original against itself only
+    .venv/bin/python bench/attack_digits.py --digit 7 --report bench/results/attack_digits.json bench/results/attack_digits_conditioning.json
 """
 
 from __future__ import annotations
@@ -107,6 +108,42 @@ def build(model: dict, digit: int, folder: Path, data_from: Path | None) -> dict
             "before": {k: metrics["before"][k] for k in AFTER}}
 
 
+def attack_name(results: dict) -> str:
+    """The column name of a results file: its search space and objective, read from its commands."""
+    argv = shlex.split(results["models"]["original"]["command"])
+
+    def option(name, default):
+        return argv[argv.index(name) + 1] if name in argv else default
+
+    space, objective = option("--space", "tokens"), option("--objective", "image")
+    return space if objective == "image" else f"{space}, {objective}"
+
+
+def report(paths: list[str]) -> str:
+    """One markdown table from results files of one digit: a row per model (in first-seen order), the
+    erasure's figures and the plain prompts' count, then each file's successes under its attack."""
+    files = [json.loads(Path(p).read_text()) for p in paths]
+    if len({f["digit"] for f in files}) != 1:
+        raise SystemExit("--report takes results files of one digit")
+    names = list(dict.fromkeys(name for f in files for name in f["models"]))
+    head = ["model", "after erasure: FA / para. FA / other digits / FID", "plain prompts",
+            *(attack_name(f) for f in files), "loss plain → attack, per attack"]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+
+    def count(n: int) -> str:
+        return f"{n}/12" if n else "0"
+
+    for name in names:
+        rows = [f["models"].get(name) for f in files]
+        first = next(r for r in rows if r)
+        after = " / ".join(f"{first['after'][k]:.3f}" if k != "fid" else f"{first['after'][k]:.1f}"
+                           for k in AFTER) if "after" in first else "—"
+        cells = [count(r["successes"]) if r else "—" for r in rows]
+        losses = "; ".join(f"{r['mean_loss_plain']:.4f} → {r['mean_loss_attack']:.4f}" if r else "—" for r in rows)
+        lines.append(f"| {first['label']} | {after} | {count(first['successes_no_attack'])} | {' | '.join(cells)} | {losses} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--erased", action="append", default=[], metavar="[NAME=]DIR",
@@ -129,7 +166,12 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="folder of the runs (default runs/attack-digits-DIGIT)")
     parser.add_argument("--json", default=None, help="also write the results here")
     parser.add_argument("--tag", default="", help="another attack setting on the same models: its runs go to attacks-TAG/")
-    args = parser.parse_args()
+    parser.add_argument("--report", nargs="+", metavar="JSON", default=None,
+                        help="print one table from results files of one digit (a column per attack) and stop")
+    args, _ = parser.parse_known_args() if "--report" in sys.argv else (parser.parse_args(), None)
+    if args.report:
+        print(report(args.report))
+        return
 
     from erase.data.digit_captions import HELDOUT_TEMPLATES, prompt_csv
     from erase.recipes import load_recipe, resolve_path
