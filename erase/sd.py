@@ -37,11 +37,12 @@ def erase_concept(pipe, forget=None, anchor=None, remain=None, method: str | Non
     out_dir: keeps the generated sets, samples, Fisher diagonals and mask (default: a temporary folder).
     on_step(step, unet, record): called after each loop step.
     """
-    from erase.workflows.sd import Recipe, Settings, erase_pipeline
-
     from diffusers import StableDiffusionXLPipeline
 
-    table = base_recipe(pipe, BUNDLED_RECIPES, recipe, default=SDXL_RECIPE if isinstance(pipe, StableDiffusionXLPipeline) else None)
+    from erase.workflows.sd import Recipe, Settings, erase_pipeline
+
+    default = SDXL_RECIPE if isinstance(pipe, StableDiffusionXLPipeline) else None
+    table = base_recipe(pipe, BUNDLED_RECIPES, recipe, default=default)
     if method not in (None, "sfron"):
         table.get("method", {}).pop("forget_loss", None)  # each method's own, as with `erase sd --method`
     for section, prompts in (("forget", forget), ("remain", remain)):

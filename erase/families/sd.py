@@ -380,7 +380,7 @@ def generate_images(
     bar = tqdm(total=sum(sum(flags) for _, flags in mine), desc=desc, disable=not show_progress, leave=False)
     with frozen(*[c for c in pipeline.components.values() if isinstance(c, torch.nn.Module)]):
         for batch, flags in mine:
-            scale = _guidance_of(batch[0][0], guidance, default_guidance)
+            scale = guidance_of(batch[0][0], guidance, default_guidance)
             noise = {}
             latents = []
             for row, k in batch:
@@ -393,14 +393,15 @@ def generate_images(
             ).images
             for (row, k), image, needed in zip(batch, images, flags):
                 if needed:
-                    _save_png_atomic(image, out_dir / image_name(row, k))
+                    save_png_atomic(image, out_dir / image_name(row, k))
                     written += 1
                     bar.update(1)
     bar.close()
     return {"written": written, "skipped": skipped, "total": len(items)}
 
 
-def _guidance_of(row: PromptRow, guidance: float | None, default: float) -> float:
+def guidance_of(row: PromptRow, guidance: float | None, default: float) -> float:
+    """The guidance a row's image is drawn with: the one given, else the row's own, else `default`."""
     if guidance is not None:
         return guidance
     return row.guidance if row.guidance is not None else default
@@ -410,7 +411,7 @@ def _batches_by_guidance(items, batch_size: int, guidance, default):
     """Consecutive items in batches of at most batch_size that share one guidance scale."""
     batch = []
     for item in items:
-        if batch and (len(batch) == batch_size or _guidance_of(item[0], guidance, default) != _guidance_of(batch[0][0], guidance, default)):
+        if batch and (len(batch) == batch_size or guidance_of(item[0], guidance, default) != guidance_of(batch[0][0], guidance, default)):
             yield batch
             batch = []
         batch.append(item)
@@ -418,7 +419,7 @@ def _batches_by_guidance(items, batch_size: int, guidance, default):
         yield batch
 
 
-def _save_png_atomic(image, path: Path) -> None:
+def save_png_atomic(image, path: Path) -> None:
     with atomic_file(path) as tmp:
         image.save(tmp, format="PNG")
 

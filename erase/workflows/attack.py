@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from erase.core.io import atomic_file, atomic_save_tensors, atomic_write_json, atomic_write_text, check_output_folder
+from erase.core.io import atomic_save_tensors, atomic_write_json, atomic_write_text, check_output_folder
 from erase.data.prompts import PromptRow
 from erase.errors import UserError
 from erase.eval.attack import (
@@ -46,7 +46,7 @@ SEED_CONVENTION = ("latents = torch.randn((1, pipe.unet.config.in_channels, heig
                    "width // pipe.vae_scale_factor), generator=torch.Generator('cpu').manual_seed(seed)); "
                    "guidance: --guidance, else the row's evaluation_guidance, else 7.5; the pipeline's own "
                    "scheduler; no safety checker")
-ADDED_LATER = {"space": "tokens", "objective": "image"}  # settings newer than some run folders: what those folders were made with
+ADDED_LATER = {"space": "tokens", "objective": "image"}  # settings newer than some run folders: their values there
 CSV_COLUMNS = ("case_number", "prompt", "adversarial_prompt", "seed", "guidance", "score", "success",
                "no_attack_score", "no_attack_success", "loss_plain", "loss_attack")
 
@@ -137,7 +137,7 @@ def find_prompts(run: AttackRun, rows, pipeline, targets: Path, height: int, wid
     candidates = candidate_tokens(pipeline.tokenizer)
     for row in tqdm(mine, desc="attacking", disable=not (show_progress and state.is_local_main_process), leave=False):
         if run.attack.objective == "trajectory":
-            guidance = guidance_of(run, row)
+            guidance = sd.guidance_of(row, run.guidance, DEFAULT_GUIDANCE)
             loss = trajectory_loss(pipeline.unet, pipeline.scheduler,
                                    *sampling_path(original, row, height, width, run.steps, guidance))
         else:
@@ -176,13 +176,6 @@ def sampling_path(pipeline, row: PromptRow, height: int, width: int, steps: int,
     return list(zip(timesteps, inputs)), teacher
 
 
-def guidance_of(run: AttackRun, row: PromptRow) -> float:
-    """--guidance, else the row's evaluation_guidance, else 7.5 (as every judged image is drawn)."""
-    if run.guidance is not None:
-        return run.guidance
-    return row.guidance if row.guidance is not None else DEFAULT_GUIDANCE
-
-
 def attack_seed(seed: int, row_seed: int) -> int:
     """The attack's own draws (first tokens, timesteps, noise) for a row: row seed + (--seed << 32)."""
     return row_seed + (seed << 32)
@@ -218,12 +211,13 @@ def generate_from_conditioning(pipeline, rows, out: Path, run: AttackRun, height
     state.wait_for_everyone()
     with state.split_between_processes(todo) as mine:
         for row in mine:
-            embeds = load_file(str(embeddings_path(out, row)))["prompt_embeds"].to(pipeline.device, pipeline.text_encoder.dtype)
+            embeds = load_file(str(embeddings_path(out, row)))["prompt_embeds"]
+            embeds = embeds.to(pipeline.device, pipeline.text_encoder.dtype)
             latents = sd.initial_noise(pipeline, row.seed, 1, height, width).to(pipeline.device, pipeline.unet.dtype)
-            image = pipeline(prompt_embeds=embeds, latents=latents, guidance_scale=guidance_of(run, row),
-                             num_inference_steps=run.steps, height=height, width=width).images[0]
-            with atomic_file(folder / sd.image_name(row, 0)) as tmp:
-                image.save(tmp, format="PNG")
+            guidance = sd.guidance_of(row, run.guidance, DEFAULT_GUIDANCE)
+            image = pipeline(prompt_embeds=embeds, latents=latents, guidance_scale=guidance, num_inference_steps=run.steps,
+                             height=height, width=width).images[0]
+            sd.save_png_atomic(image, folder / sd.image_name(row, 0))
 
 
 def read_record(out, row: PromptRow) -> dict:
@@ -265,7 +259,7 @@ def write_results(out: Path, rows, records, judge, settings: dict, run: AttackRu
     plain = judge([out / "images" / "no_attack" / name for name in names])
     table = []
     for row, record, (score, success), (plain_score, plain_success) in zip(rows, records, attack, plain):
-        guidance = guidance_of(run, row)
+        guidance = sd.guidance_of(row, run.guidance, DEFAULT_GUIDANCE)
         table.append({"case_number": row.name, "prompt": row.prompt, "adversarial_prompt": record["adversarial_prompt"],
                       "seed": row.seed, "guidance": guidance, "score": score, "success": int(success),
                       "no_attack_score": plain_score, "no_attack_success": int(plain_success),

@@ -14,7 +14,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from accelerate import PartialState
 from torch.utils.data import TensorDataset
 
 from erase.api import ErasureResult
@@ -166,8 +165,6 @@ def run(recipe: dict, show_progress: bool = True) -> dict:
 
     pipeline = ddpm.load_or_build_pipeline(asdict(settings.model))  # a folder/hub id, or random_init for speed runs
     result = erase_pipeline(pipeline, settings, out_dir, timer, show_progress)
-    if not PartialState().is_main_process:  # the main process alone writes the model and the records
-        return {"steps": settings.sfron.steps, "seconds": round(time.perf_counter() - started, 2)}
     title = f"{result.metrics['method']}: forgetting class {result.metrics['forgotten_class']}"
     return finish_class_run(pipeline, result, out_dir, recipe, timer, started, settings.sfron.steps, title)
 

@@ -105,8 +105,6 @@ def run(recipe: dict, show_progress: bool = True) -> dict:
 
     pipeline = dit.load_or_build_pipeline(asdict(settings.model))
     result = erase_pipeline(pipeline, settings, out_dir, timer, show_progress)
-    if not PartialState().is_main_process:  # the main process alone writes the model and the records
-        return {"steps": settings.sfron.steps, "seconds": round(time.perf_counter() - started, 2)}
     title = f"{result.metrics['method']}: forgetting ImageNet class {result.metrics['forgotten_class']}"
     return finish_class_run(pipeline, result, out_dir, recipe, timer, started, settings.sfron.steps, title)
 

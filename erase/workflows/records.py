@@ -18,10 +18,15 @@ def write_run_records(out_dir: Path, metrics: dict, mask_stats: dict | None, rec
 
 
 def finish_class_run(pipeline, result, out_dir: Path, recipe: dict, timer, started: float, steps: int, title: str) -> dict:
-    """The end of a class run (DDPM, DiT) on the main process: the pipeline folder and the loss plot (the
-    export phase), then the records with the whole run's seconds and phase timings; returns the metrics."""
+    """The end of a class run (DDPM, DiT): on the main process the pipeline folder and the loss plot (the
+    export phase), then the records with the whole run's seconds and phase timings; returns the metrics
+    (the other processes, which write nothing: steps and seconds)."""
+    from accelerate import PartialState
+
     from erase.eval.report import save_loss_plot
 
+    if not PartialState().is_main_process:
+        return {"steps": steps, "seconds": round(time.perf_counter() - started, 2)}
     metrics = result.metrics
     with timer("export"):
         with atomic_directory(out_dir / "model") as model_dir:
